@@ -1,0 +1,227 @@
+"""The scheduling core shared by the simulator, the live scheduler and the extender.
+
+`Scheduler.schedule_gang` places a whole gang inside one state trial: every member is filtered, scored and
+given devices against the state as it stands with the earlier members already in; if fewer than minMember
+land, the trial is rolled back and nothing stays reserved.
+
+`Evaluator` keeps, per distinct demand, the filter mask and per-node scores over all nodes, and refreshes
+only the rows whose usage changed since (the state's touch log). A gang of 64 identical pods is therefore
+one full evaluation plus 63 one-row refreshes, and a stream of identical single pods is the same.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gangsched.framework import ALL, CycleContext, Diagnosis, GangInfo
+from gangsched.model import GPU, Demand, ModelError, Pod
+from gangsched.profile import Profile
+from gangsched.state import Assignment, ClusterState
+
+
+@dataclass
+class _Entry:
+    epoch: int
+    version: int
+    mask: np.ndarray  # bool [N]
+    raws: list[np.ndarray]  # per per-node score plugin: float [N], NaN where infeasible
+
+
+class Evaluator:
+    def __init__(self, profile: Profile, ctx: CycleContext, capacity: int = 128):
+        self.profile, self.ctx, self.capacity = profile, ctx, capacity
+        self.cached_scores = [(p, w) for p, w in profile.scores if p.per_node]
+        self.live_scores = [(p, w) for p, w in profile.scores if not p.per_node]
+        self._cache: OrderedDict[Demand, _Entry] = OrderedDict()
+
+    def mask(self, demand: Demand) -> np.ndarray:
+        return self._entry(demand).mask
+
+    def _entry(self, demand: Demand) -> _Entry:
+        state = self.ctx.state
+        entry = self._cache.get(demand)
+        if entry is not None and entry.epoch == state.epoch:
+            self._cache.move_to_end(demand)
+            if entry.version != state.version:
+                dirty = state.touched_since(entry.version)
+                if dirty is None or len(dirty) * 4 > state.n_nodes:
+                    entry = self._full(demand)
+                else:
+                    self._refresh(entry, demand, dirty)
+            return entry
+        entry = self._full(demand)
+        self._cache[demand] = entry
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _filter(self, demand: Demand, rows: np.ndarray | slice) -> np.ndarray:
+        mask = None
+        for f in self.profile.filters:
+            m = f(self.ctx, demand, rows)
+            mask = m if mask is None else mask & m
+        assert mask is not None
+        return mask
+
+    def _full(self, demand: Demand) -> _Entry:
+        state = self.ctx.state
+        mask = self._filter(demand, ALL)
+        feasible = np.flatnonzero(mask)
+        raws = []
+        for plugin, _ in self.cached_scores:
+            raw = np.full(state.n_nodes, np.nan)
+            if feasible.size:
+                raw[feasible] = plugin(self.ctx, demand, feasible)
+            raws.append(raw)
+        entry = _Entry(state.epoch, state.version, mask, raws)
+        self._cache[demand] = entry
+        return entry
+
+    def _refresh(self, entry: _Entry, demand: Demand, dirty: np.ndarray) -> None:
+        if dirty.size:
+            ok = self._filter(demand, dirty)
+            entry.mask[dirty] = ok
+            now_ok = dirty[ok]
+            for (plugin, _), raw in zip(self.cached_scores, entry.raws, strict=True):
+                raw[dirty] = np.nan
+                if now_ok.size:
+                    raw[now_ok] = plugin(self.ctx, demand, now_ok)
+        entry.version = self.ctx.state.version
+
+    def scores(self, demand: Demand, feasible: np.ndarray) -> np.ndarray:
+        """Weighted sum of normalised scores over the feasible nodes."""
+        entry = self._entry(demand)
+        total = np.zeros(len(feasible))
+        for (plugin, weight), raw in zip(self.cached_scores, entry.raws, strict=True):
+            total += weight * plugin.normalize(raw[feasible])
+        for plugin, weight in self.live_scores:
+            total += weight * plugin.normalize(plugin(self.ctx, demand, feasible))
+        return total
+
+    def diagnose(self, demand: Demand) -> Diagnosis:
+        """Per node, the first filter (in profile order) that rejects it, counted by reason."""
+        state = self.ctx.state
+        diag = Diagnosis(state.n_nodes)
+        remaining = np.arange(state.n_nodes)
+        for f in self.profile.filters:
+            if not remaining.size:
+                break
+            ok = f(self.ctx, demand, remaining)
+            rejected = remaining[~ok]
+            if rejected.size:
+                explain = getattr(f, "explain", None)
+                if explain is not None:
+                    diag.reasons.update(explain(self.ctx, demand, rejected))
+                else:
+                    diag.reasons[f.reason] += int(rejected.size)
+            remaining = remaining[ok]
+        return diag
+
+
+@dataclass
+class GangResult:
+    gang: GangInfo
+    placed: list[Assignment] = field(default_factory=list)
+    waiting: dict[str, Diagnosis] = field(default_factory=dict)  # pod key -> why it found no node
+    error: str | None = None  # the gang can never be placed as specified
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.placed or not self.gang.pods)
+
+    def message(self) -> str:
+        if self.error:
+            return self.error
+        if self.ok:
+            return f"placed {len(self.placed)} pod(s)"
+        first = next(iter(self.waiting.values()), None)
+        need = self.gang.group.min_member
+        return (f"{len(self.gang.pods) - len(self.waiting)}/{len(self.gang.pods)} pods fit, minMember={need}"
+                + (f"; {first.message()}" if first else ""))
+
+
+class Scheduler:
+    """Filter -> score -> pick node -> pick devices -> reserve, per pod; all-or-nothing per gang."""
+
+    def __init__(self, state: ClusterState, profile: Profile, *, seed: int = 0, workload=None):
+        self.state = state
+        self.profile = profile
+        self.ctx = CycleContext(state, np.random.default_rng(seed), workload)
+        self.evaluator = Evaluator(profile, self.ctx)
+
+    def precheck(self, demand: Demand) -> str | None:
+        """A reason the demand fits no node even in an empty cluster, or None."""
+        state = self.state
+        try:
+            vec = state.vector(demand)
+        except ModelError as e:
+            return str(e)
+        too_big = [state.resources[j] for j in np.flatnonzero(np.all(state.allocatable < vec, axis=0))]
+        if too_big:
+            return f"pod requests more {too_big[0]} than any node has ({vec[state.res_index[too_big[0]]]})"
+        if demand.gpu_count > state.max_gpus:
+            return f"pod requests {demand.gpu_count} {GPU} but the largest node has {state.max_gpus}"
+        if demand.gpu_models and not any(m in state.model_index for m in demand.gpu_models):
+            return f"pod requests GPU model(s) {sorted(demand.gpu_models)} that no node has"
+        return None
+
+    def place_pod(self, pod: Pod) -> Assignment | Diagnosis:
+        """Reserve a node and devices for one pod in the state (inside the caller's trial, if any)."""
+        demand = pod.demand
+        reason = self.precheck(demand)
+        if reason:
+            return Diagnosis(self.state.n_nodes, unschedulable=reason)
+        feasible = np.flatnonzero(self.evaluator.mask(demand))
+        if not feasible.size:
+            return self.evaluator.diagnose(demand)
+        node = int(feasible[0]) if feasible.size == 1 else self._select(demand, feasible)
+        devices = self.profile.devices(self.ctx, demand, node) if demand.gpu_count else ()
+        return self.state.assign(pod.key, demand, node, devices)
+
+    def _select(self, demand: Demand, feasible: np.ndarray) -> int:
+        total = self.evaluator.scores(demand, feasible)
+        best = np.flatnonzero(total == total.max())
+        if len(best) == 1 or self.profile.tie_break == "first":
+            return int(feasible[best[0]])
+        return int(feasible[best[self.ctx.rng.integers(len(best))]])
+
+    def schedule_gang(self, gang: GangInfo, bound: Sequence[Assignment] = ()) -> GangResult:
+        """Place the gang's pods whole: at least minMember (counting `bound`, members already running)
+        get nodes and devices, or the state is left exactly as it was."""
+        group = gang.group
+        result = GangResult(gang)
+        if group.min_member > len(gang.pods) + len(bound):
+            result.error = (f"PodGroup {group.key}: spec.minMember={group.min_member} but only "
+                            f"{len(gang.pods) + len(bound)} pod(s) of the group exist")
+            return result
+        gang_nodes = np.zeros(self.state.n_nodes, dtype=bool)
+        for a in bound:
+            gang_nodes[a.node] = True
+        self.ctx.gang_nodes = gang_nodes
+        failed: dict[Demand, Diagnosis] = {}
+        # biggest members first: they have the fewest candidate nodes
+        order = sorted(gang.pods, key=lambda p: p.demand.gpu_total_milli, reverse=True)
+        with self.state.trial() as trial:
+            for i, pod in enumerate(order):
+                diag = failed.get(pod.demand)  # an identical member already found no node
+                outcome = diag if diag is not None else self.place_pod(pod)
+                if isinstance(outcome, Diagnosis):
+                    failed[pod.demand] = outcome
+                    result.waiting[pod.key] = outcome
+                    if len(result.placed) + len(bound) + len(order) - i - 1 < group.min_member:
+                        break  # minMember is out of reach
+                else:
+                    result.placed.append(outcome)
+                    gang_nodes[outcome.node] = True
+            self.ctx.gang_nodes = None
+            if len(result.placed) + len(bound) >= group.min_member:
+                trial.commit()
+                return result
+        for pod in order[len(result.placed) + len(result.waiting):]:
+            result.waiting.setdefault(pod.key, next(iter(failed.values())))
+        result.placed = []
+        return result

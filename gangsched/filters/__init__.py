@@ -1,0 +1,1 @@
+"""Filter plugins: each returns a bool mask over the selected nodes (True = the pod may run there)."""

@@ -1,0 +1,23 @@
+"""Filter `gpu-model`: a pod that names GPU models (Alibaba's `gpu_spec`, or the `gangsched.io/gpu-models`
+annotation) runs only on nodes with at least `gpu_count` devices of one of those models."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gangsched.filters.resources import model_ids
+from gangsched.framework import CycleContext, Rows
+from gangsched.model import Demand
+
+
+class GpuModel:
+    name = "gpu-model"
+    reason = "node(s) had no GPU of the requested model"
+    per_node = True
+
+    def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
+        state = ctx.state
+        if not demand.gpu_models or not demand.gpu_count:
+            return np.ones(len(state.unschedulable[rows]), dtype=bool)
+        matching = np.isin(state.dev_model[rows], model_ids(state, demand)).sum(axis=1)
+        return matching >= demand.gpu_count

@@ -1,0 +1,155 @@
+"""GPU fragmentation against a workload's typical pods (FGD, Weng et al., ATC'23), vectorised.
+
+A node's fragmentation F is the expected idle GPU milli that a pod drawn from the workload's typical mix
+could not use there. For a typical pod t (probability p_t), the node's idle milli L counts as fragmented
+unless t fits there (model accessible, enough devices with >= t.milli free, enough cpu); when t fits, only
+the idle milli on devices too full for t is fragmented. CPU-only typical pods count all idle GPU milli.
+This matches `NodeGpuShareFragAmountScore` of hkust-adsl/kubernetes-scheduler-simulator (memory ignored).
+
+Everything is computed for many nodes at once, and for every "what if this pod took device i of node n"
+at once, by updating per-device sums instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gangsched.model import CPU, MILLI_PER_GPU, Demand
+from gangsched.state import ClusterState
+
+
+@dataclass(frozen=True)
+class TypicalPod:
+    cpu_milli: int
+    gpu_milli: int  # per device; 0 for a CPU-only pod
+    gpu_count: int
+    models: frozenset[str]
+    share: float
+
+
+@dataclass
+class Workload:
+    """The typical pods of a workload, as arrays ready for broadcasting (K typical GPU pods)."""
+
+    typical: list[TypicalPod]
+
+    def __post_init__(self) -> None:
+        gpu = [t for t in self.typical if t.gpu_count > 0]
+        self.cpu_only_share = float(sum(t.share for t in self.typical if t.gpu_count == 0))
+        self.cpu = np.array([t.cpu_milli for t in gpu], dtype=np.int64)
+        self.milli = np.array([t.gpu_milli for t in gpu], dtype=np.int32)
+        self.count = np.array([t.gpu_count for t in gpu], dtype=np.int32)
+        self.share = np.array([t.share for t in gpu], dtype=np.float64)
+        self._gpu = gpu
+        self._access: dict[tuple[int, ...], np.ndarray] = {}
+
+    @classmethod
+    def from_demands(cls, demands: Iterable[Demand], popularity: float = 0.95) -> Workload:
+        """The most frequent pod shapes covering `popularity` of all pods, shares renormalised to 1.
+        Ties in frequency go to the larger shape first, as FGD's `GetTypicalPods` sorts them."""
+        counts = Counter(
+            (d.request(CPU), d.gpu_milli if d.gpu_count else 0, d.gpu_count, tuple(sorted(d.gpu_models)))
+            for d in demands)
+        total = sum(counts.values())
+        if total == 0:
+            return cls([])
+        ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        chosen, covered = [], 0
+        for shape, n in ranked:
+            chosen.append((shape, n))
+            covered += n
+            if covered >= popularity * total:
+                break
+        return cls([TypicalPod(cpu, milli, num, frozenset(models), n / covered)
+                    for (cpu, milli, num, models), n in chosen])
+
+    def accessible(self, state: ClusterState) -> np.ndarray:
+        """bool [N, K]: node's GPU model is one the typical pod accepts (nodes without GPUs: never)."""
+        key = (id(state), state.epoch)
+        acc = self._access.get(key)
+        if acc is None:
+            node_model = state.dev_model[:, 0]
+            acc = np.repeat((node_model >= 0)[:, None], len(self._gpu), axis=1)
+            for k, t in enumerate(self._gpu):
+                if t.models:
+                    ids = [state.model_index[m] for m in t.models if m in state.model_index]
+                    acc[:, k] &= np.isin(node_model, ids)
+            self._access = {key: acc}
+            acc = self._access[key]
+        return acc
+
+
+def node_fragmentation(state: ClusterState, workload: Workload, rows: np.ndarray | slice = slice(None)
+                       ) -> np.ndarray:
+    """F [n] in GPU milli for the selected nodes in their current state."""
+    left = state.gpu_free[rows].astype(np.int64)  # [n, G]
+    cpu_left = state.free[rows, state.res_index[CPU]]
+    return _frag(left, cpu_left, workload, workload.accessible(state)[rows])
+
+
+def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray) -> np.ndarray:
+    """left [..., G], cpu_left [...], acc [..., K] -> F [...]."""
+    total = left.sum(axis=-1)
+    if wl.share.size == 0:
+        return wl.cpu_only_share * total
+    fits_dev = left[..., None, :] >= wl.milli[:, None]  # [..., K, G]
+    hostable = fits_dev.sum(axis=-1) >= wl.count  # [..., K]
+    stranded = np.where(fits_dev, 0, left[..., None, :]).sum(axis=-1)  # [..., K]
+    fits = acc & hostable & (cpu_left[..., None] >= wl.cpu)
+    per_type = np.where(fits, stranded, total[..., None])
+    return per_type @ wl.share + wl.cpu_only_share * total
+
+
+def fragmentation_after(state: ClusterState, workload: Workload, demand: Demand, rows: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """F of each node in `rows` after placing `demand` there, and the device that gives it.
+
+    For a GPU-sharing pod every device with room is a candidate: returns F for the best device (lowest F,
+    first index on ties) and that device's index. For whole-GPU and CPU-only pods the devices taken are the
+    lowest-index free ones (which ones does not change F); the device index returned is -1.
+    """
+    left = state.gpu_free[rows].astype(np.int64)
+    cpu_after = state.free[rows, state.res_index[CPU]] - demand.request(CPU)
+    acc = workload.accessible(state)[rows]
+    if demand.gpu_count == 0:
+        return _frag(left, cpu_after, workload, acc), np.full(len(left), -1)
+    if demand.gpu_milli == MILLI_PER_GPU:
+        after = left.copy()
+        # take the lowest-index fully free devices: the k-th free device gets a rank < gpu_count
+        free = after == MILLI_PER_GPU
+        rank = np.cumsum(free, axis=1)
+        after[free & (rank <= demand.gpu_count)] = 0
+        return _frag(after, cpu_after, workload, acc), np.full(len(left), -1)
+    per_dev = fragmentation_per_device(left, cpu_after, workload, acc, demand.gpu_milli)
+    best = np.argmin(per_dev, axis=1)
+    return per_dev[np.arange(len(left)), best], best
+
+
+def fragmentation_per_device(left: np.ndarray, cpu_after: np.ndarray, wl: Workload, acc: np.ndarray,
+                             milli: int) -> np.ndarray:
+    """F [n, G] if a `milli` GPU-sharing pod took device g of each node (inf where it does not fit).
+
+    Per typical pod, the count of devices that fit it and the milli stranded on devices that don't change
+    only in device g, so both are updated from the node's totals instead of recomputed over G."""
+    total = left.sum(axis=1)  # [n]
+    new_total = total - milli
+    after = left - milli  # [n, G]: the device's free milli if the pod took it
+    if wl.share.size == 0:
+        out = np.broadcast_to((wl.cpu_only_share * new_total)[:, None], left.shape).astype(np.float64)
+    else:
+        m = wl.milli  # [K]
+        fits_dev = left[:, None, :] >= m[:, None]  # [n, K, G]
+        n_fit = fits_dev.sum(axis=2)  # [n, K]
+        stranded = np.where(fits_dev, 0, left[:, None, :]).sum(axis=2)  # [n, K]
+        fits_after = after[:, None, :] >= m[:, None]  # [n, K, G]
+        n_fit_g = n_fit[:, :, None] - fits_dev + fits_after  # [n, K, G]
+        stranded_g = (stranded[:, :, None] - np.where(fits_dev, 0, left[:, None, :])
+                      + np.where(fits_after, 0, after[:, None, :]))
+        ok = (acc & (cpu_after[:, None] >= wl.cpu))[:, :, None] & (n_fit_g >= wl.count[:, None])
+        per_type = np.where(ok, stranded_g, new_total[:, None, None])  # [n, K, G]
+        out = np.einsum("nkg,k->ng", per_type, wl.share) + (wl.cpu_only_share * new_total)[:, None]
+    return np.where(left >= milli, out, np.inf)

@@ -1,0 +1,31 @@
+"""Score `gang-locality`: keep a gang close. 100 on a node already holding a member of the gang being
+placed, `domain_score` on a node sharing a topology domain (the `topology_key` label, e.g. a rack) with
+one, 0 elsewhere. Depends on the gang being placed, so it is recomputed every time (per_node = False)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gangsched.framework import CycleContext, Normalized, Rows
+from gangsched.model import Demand
+
+
+class GangLocality(Normalized):
+    name = "gang-locality"
+    per_node = False
+
+    def __init__(self, topology_key: str = "topology.kubernetes.io/rack", domain_score: float = 50.0):
+        self.topology_key, self.domain_score = topology_key, domain_score
+
+    def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
+        gang = ctx.gang_nodes
+        n = len(ctx.state.unschedulable[rows])
+        if gang is None or not gang.any():
+            return np.zeros(n)
+        score = np.where(gang[rows], 100.0, 0.0)
+        codes = ctx.state.label_codes.get(self.topology_key)
+        if codes is not None:
+            domains = np.unique(codes[gang])
+            near = np.isin(codes[rows], domains[domains >= 0])
+            score = np.maximum(score, np.where(near, self.domain_score, 0.0))
+        return score
