@@ -8,7 +8,7 @@ core caches filter and score results per distinct demand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 CPU = "cpu"  # millicores
 MEMORY = "memory"  # bytes
@@ -36,7 +36,7 @@ class GpuDevice:
     group: int = 0
 
 
-class TaintEffect(str, Enum):
+class TaintEffect(StrEnum):
     NO_SCHEDULE = "NoSchedule"
     PREFER_NO_SCHEDULE = "PreferNoSchedule"
     NO_EXECUTE = "NoExecute"

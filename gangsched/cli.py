@@ -1,0 +1,34 @@
+"""The `gangsched` command. Each subcommand's module adds its own arguments and runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gangsched.model import ModelError
+from gangsched.profile import ProfileError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gangsched.sim import packing, timed
+
+    parser = argparse.ArgumentParser(prog="gangsched", description="GPU-aware gang scheduler for Kubernetes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="replay a cluster trace through the scheduling core")
+    modes = sim.add_subparsers(dest="mode", required=True)
+    packing.add_arguments(modes.add_parser("packing", help="FGD's packing experiment on the Alibaba 2023 trace"))
+    timed.add_arguments(modes.add_parser("time", help="event-driven replay of the Philly job trace"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ModelError, ProfileError, FileNotFoundError) as e:
+        print(f"gangsched: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
