@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gangsched.filters.resources import usable_devices
-from gangsched.frag import fragmentation_per_device, node_fragmentation
+from gangsched.frag import cpu_free, fragmentation_per_device, node_fragmentation
 from gangsched.framework import CycleContext
 from gangsched.model import CPU, MILLI_PER_GPU, Demand
 from gangsched.scores.fgd import quantized
@@ -81,7 +81,7 @@ class FgdDevice(TopologyDevice):
             return super().__call__(ctx, demand, node)
         state, rows = ctx.state, np.array([node])
         left = state.gpu_free[rows].astype(np.int64)
-        cpu_after = state.free[rows, state.res_index[CPU]] - demand.request(CPU)
+        cpu_after = cpu_free(state, rows) - demand.request(CPU)
         acc = ctx.workload.accessible(state)[rows]
         frag = fragmentation_per_device(left, cpu_after, ctx.workload, acc, demand.gpu_milli)[0]
         frag = np.where(_usable(ctx, demand, node), frag, np.inf)

@@ -44,6 +44,9 @@ class Workload:
         self.milli = np.array([t.gpu_milli for t in gpu], dtype=np.int32)
         self.count = np.array([t.gpu_count for t in gpu], dtype=np.int32)
         self.share = np.array([t.share for t in gpu], dtype=np.float64)
+        # Whether a device fits a typical pod depends only on its milli, and typical pods share few milli
+        # values: per-device work is done once per distinct value, then spread to the K pods by `milli_of`.
+        self.milli_values, self.milli_of = np.unique(self.milli, return_inverse=True)
         self._gpu = gpu
         self._access: dict[tuple[int, ...], np.ndarray] = {}
 
@@ -87,8 +90,13 @@ def node_fragmentation(state: ClusterState, workload: Workload, rows: np.ndarray
                        ) -> np.ndarray:
     """F [n] in GPU milli for the selected nodes in their current state."""
     left = state.gpu_free[rows].astype(np.int64)  # [n, G]
-    cpu_left = state.free[rows, state.res_index[CPU]]
-    return _frag(left, cpu_left, workload, workload.accessible(state)[rows])
+    return _frag(left, cpu_free(state, rows), workload, workload.accessible(state)[rows])
+
+
+def cpu_free(state: ClusterState, rows: np.ndarray | slice) -> np.ndarray:
+    """`state.free[rows, cpu]` without computing the free matrix of every node."""
+    j = state.res_index[CPU]
+    return state.allocatable[rows, j] - state.used[rows, j]
 
 
 def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray) -> np.ndarray:
@@ -96,9 +104,9 @@ def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray)
     total = left.sum(axis=-1)
     if wl.share.size == 0:
         return wl.cpu_only_share * total
-    fits_dev = left[..., None, :] >= wl.milli[:, None]  # [..., K, G]
-    hostable = fits_dev.sum(axis=-1) >= wl.count  # [..., K]
-    stranded = np.where(fits_dev, 0, left[..., None, :]).sum(axis=-1)  # [..., K]
+    fits_dev = left[..., None, :] >= wl.milli_values[:, None]  # [..., M, G] per distinct milli value
+    hostable = fits_dev.sum(axis=-1)[..., wl.milli_of] >= wl.count  # [..., K]
+    stranded = np.where(fits_dev, 0, left[..., None, :]).sum(axis=-1)[..., wl.milli_of]  # [..., K]
     fits = acc & hostable & (cpu_left[..., None] >= wl.cpu)
     per_type = np.where(fits, stranded, total[..., None])
     return per_type @ wl.share + wl.cpu_only_share * total
@@ -113,7 +121,7 @@ def fragmentation_after(state: ClusterState, workload: Workload, demand: Demand,
     lowest-index free ones (which ones does not change F); the device index returned is -1.
     """
     left = state.gpu_free[rows].astype(np.int64)
-    cpu_after = state.free[rows, state.res_index[CPU]] - demand.request(CPU)
+    cpu_after = cpu_free(state, rows) - demand.request(CPU)
     acc = workload.accessible(state)[rows]
     if demand.gpu_count == 0:
         return _frag(left, cpu_after, workload, acc), np.full(len(left), -1)
@@ -141,14 +149,14 @@ def fragmentation_per_device(left: np.ndarray, cpu_after: np.ndarray, wl: Worklo
     if wl.share.size == 0:
         out = np.broadcast_to((wl.cpu_only_share * new_total)[:, None], left.shape).astype(np.float64)
     else:
-        m = wl.milli  # [K]
-        fits_dev = left[:, None, :] >= m[:, None]  # [n, K, G]
-        n_fit = fits_dev.sum(axis=2)  # [n, K]
-        stranded = np.where(fits_dev, 0, left[:, None, :]).sum(axis=2)  # [n, K]
-        fits_after = after[:, None, :] >= m[:, None]  # [n, K, G]
-        n_fit_g = n_fit[:, :, None] - fits_dev + fits_after  # [n, K, G]
+        m = wl.milli_values  # [M]: computed per distinct milli value, then spread to the K typical pods
+        fits_dev = left[:, None, :] >= m[:, None]  # [n, M, G]
+        n_fit = fits_dev.sum(axis=2)  # [n, M]
+        stranded = np.where(fits_dev, 0, left[:, None, :]).sum(axis=2)  # [n, M]
+        fits_after = after[:, None, :] >= m[:, None]  # [n, M, G]
+        n_fit_g = (n_fit[:, :, None] - fits_dev + fits_after)[:, wl.milli_of]  # [n, K, G]
         stranded_g = (stranded[:, :, None] - np.where(fits_dev, 0, left[:, None, :])
-                      + np.where(fits_after, 0, after[:, None, :]))
+                      + np.where(fits_after, 0, after[:, None, :]))[:, wl.milli_of]
         ok = (acc & (cpu_after[:, None] >= wl.cpu))[:, :, None] & (n_fit_g >= wl.count[:, None])
         per_type = np.where(ok, stranded_g, new_total[:, None, None])  # [n, K, G]
         out = np.einsum("nkg,k->ng", per_type, wl.share) + (wl.cpu_only_share * new_total)[:, None]

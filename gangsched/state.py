@@ -109,8 +109,11 @@ class ClusterState:
         self.label_codes: dict[str, np.ndarray] = {}
         for i, node in enumerate(nodes):
             for key, value in node.labels.items():
-                vocab = self.label_vocab.setdefault(key, {})
-                codes = self.label_codes.setdefault(key, np.full(len(nodes), -1, dtype=np.int32))
+                codes = self.label_codes.get(key)
+                if codes is None:
+                    codes = self.label_codes[key] = np.full(len(nodes), -1, dtype=np.int32)
+                    self.label_vocab[key] = {}
+                vocab = self.label_vocab[key]
                 codes[i] = vocab.setdefault(value, len(vocab))
 
     def _build_taints(self, nodes: list[Node]) -> None:
@@ -244,7 +247,10 @@ class ClusterState:
         """Nodes whose usage changed since `version`, or None if the log no longer reaches back that far."""
         if version < self._touched_base:
             return None
-        return np.unique(np.asarray(self._touched[version - self._touched_base:], dtype=np.intp))
+        recent = self._touched[version - self._touched_base:]
+        if len(recent) <= 64:  # the usual case: a pod or a gang placed since; cheaper than np.unique
+            return np.array(sorted(set(recent)), dtype=np.intp)
+        return np.unique(np.asarray(recent, dtype=np.intp))
 
     # ---- derived views ---------------------------------------------------------------------------------------
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gangsched.filters.resources import model_ids
+from gangsched.filters.resources import model_match
 from gangsched.framework import CycleContext, Rows
 from gangsched.model import Demand
 
@@ -14,10 +14,11 @@ class GpuModel:
     name = "gpu-model"
     reason = "node(s) had no GPU of the requested model"
     per_node = True
+    static = True  # reads the nodes' device models only
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         state = ctx.state
         if not demand.gpu_models or not demand.gpu_count:
             return np.ones(len(state.unschedulable[rows]), dtype=bool)
-        matching = np.isin(state.dev_model[rows], model_ids(state, demand)).sum(axis=1)
+        matching = model_match(state, demand, rows).sum(axis=1)
         return matching >= demand.gpu_count

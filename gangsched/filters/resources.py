@@ -19,12 +19,22 @@ def usable_devices(state: ClusterState, demand: Demand, rows: Rows) -> np.ndarra
     """bool [n, G]: devices of the selected nodes with room for one device's share of the demand."""
     ok = state.gpu_free[rows] >= demand.gpu_milli
     if demand.gpu_models:
-        ok &= np.isin(state.dev_model[rows], model_ids(state, demand))
+        ok &= model_match(state, demand, rows)
     return ok
 
 
 def model_ids(state: ClusterState, demand: Demand) -> list[int]:
     return [state.model_index[m] for m in demand.gpu_models if m in state.model_index]
+
+
+def model_match(state: ClusterState, demand: Demand, rows: Rows) -> np.ndarray:
+    """bool [n, G]: devices of the selected nodes whose model the demand accepts
+    (`np.isin(state.dev_model[rows], model_ids(state, demand))`)."""
+    models = state.dev_model[rows]
+    ids = model_ids(state, demand)
+    if len(ids) == 1:
+        return models == ids[0]
+    return np.isin(models, ids)
 
 
 class ResourceFit:

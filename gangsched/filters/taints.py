@@ -12,6 +12,7 @@ class TaintToleration:
     name = "taints"
     reason = "node(s) had untolerated taint"
     per_node = True
+    static = True  # reads the nodes' taints only
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         state = ctx.state

@@ -15,6 +15,7 @@ class Unschedulable:
     name = "unschedulable"
     reason = "node(s) were unschedulable"
     per_node = True
+    static = True  # reads spec.unschedulable only
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         cordoned = ctx.state.unschedulable[rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gangsched.frag import cpu_free
 from gangsched.framework import CycleContext, Rows, minmax
 from gangsched.model import CPU, Demand
 
@@ -22,7 +23,7 @@ class BestFit:
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         state = ctx.state
-        cpu_left = state.free[rows, state.res_index[CPU]] - demand.request(CPU)
+        cpu_left = cpu_free(state, rows) - demand.request(CPU)
         gpu_left = state.gpu_free[rows].sum(axis=1) - demand.gpu_total_milli
         raw = (1 - (0.5 * cpu_left / self.cpu_scale + 0.5 * gpu_left / self.gpu_scale)) * 100
         return np.trunc(raw) if self.quantize else raw

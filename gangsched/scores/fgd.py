@@ -29,7 +29,7 @@ class Fgd:
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         if ctx.workload is None:
             raise ValueError("score 'fgd' needs the workload's typical pods (CycleContext.workload)")
-        idx = np.arange(ctx.state.n_nodes)[rows]
+        idx = rows if isinstance(rows, np.ndarray) and rows.dtype != bool else np.arange(ctx.state.n_nodes)[rows]
         if demand.gpu_count == 0 and demand.request("cpu") == 0:
             return np.full(len(idx), 100.0)
         before = node_fragmentation(ctx.state, ctx.workload, idx)

@@ -25,7 +25,10 @@ class GangLocality(Normalized):
         score = np.where(gang[rows], 100.0, 0.0)
         codes = ctx.state.label_codes.get(self.topology_key)
         if codes is not None:
-            domains = np.unique(codes[gang])
-            near = np.isin(codes[rows], domains[domains >= 0])
-            score = np.maximum(score, np.where(near, self.domain_score, 0.0))
+            # near[code]: the domain holds a member; the extra last slot, for nodes without the label (-1), stays
+            # False (the same as np.isin(codes[rows], domains of the members))
+            near = np.zeros(len(ctx.state.label_vocab[self.topology_key]) + 1, dtype=bool)
+            domains = codes[gang]
+            near[domains[domains >= 0]] = True
+            score = np.maximum(score, np.where(near[codes[rows]], self.domain_score, 0.0))
         return score
