@@ -31,13 +31,14 @@ from gangsched.filters.unschedulable import Unschedulable
 from gangsched.framework import DevicePicker, FilterPlugin, QueueSortPlugin, ScorePlugin
 from gangsched.queue import QUEUE_SORTS, GangQueue
 from gangsched.scores.allocation import LeastAllocated, MostAllocated
+from gangsched.scores.balanced_allocation import BalancedAllocation
 from gangsched.scores.best_fit import BestFit
 from gangsched.scores.fgd import Fgd
 from gangsched.scores.gang_locality import GangLocality
 from gangsched.scores.paper_baselines import DotProd, GpuClustering, GpuPacking, RandomScore
 
 FILTERS: dict[str, type] = {c.name: c for c in (Unschedulable, TaintToleration, NodeAffinity, GpuModel, ResourceFit)}
-SCORES: dict[str, type] = {c.name: c for c in (LeastAllocated, MostAllocated, BestFit, Fgd, GangLocality,
+SCORES: dict[str, type] = {c.name: c for c in (LeastAllocated, MostAllocated, BalancedAllocation, BestFit, Fgd, GangLocality,
                                                RandomScore, DotProd, GpuClustering, GpuPacking)}
 DEVICES: dict[str, type] = {c.name: c for c in (BestDevice, RandomDevice, TopologyDevice, FgdDevice)}
 
@@ -70,6 +71,9 @@ def _make(kind: str, registry: dict[str, type], spec: Any, where: str) -> tuple[
     name = spec["name"]
     if name not in registry:
         raise ProfileError(f"{where}: unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
+    known = {"name", "args", "weight"} if kind == "score" else {"name", "args"}
+    if set(spec) - known:
+        raise ProfileError(f"{where}: unknown field(s) {sorted(set(spec) - known)}; known: {sorted(known)}")
     args = spec.get("args") or {}
     try:
         return registry[name](**args), spec
@@ -90,7 +94,7 @@ def parse_profile(doc: dict[str, Any], source: str = "<profile>") -> Profile:
     for i, s in enumerate(doc.get("scores", [])):
         plugin, spec = _make("score", SCORES, s, f"{source}: scores[{i}]")
         weight = spec.get("weight", 1)
-        if not isinstance(weight, int | float) or weight < 0:
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
             raise ProfileError(f"{source}: scores[{i}].weight={weight!r} must be a number >= 0")
         scores.append((plugin, float(weight)))
     devices = _make("device picker", DEVICES, doc.get("devices", "best"), f"{source}: devices")[0]

@@ -207,9 +207,11 @@ def main(args: argparse.Namespace) -> int:
             frag = np.nanmedian(np.vstack([c.frag_amount for c in curves]), axis=0)
             medians[policy] = med
             ref = paper.get(PUBLISHED_POLICIES.get(policy, ""))
+            fgd = paper.get("06-FGD")
             rows.append([policy, *med[list(REPORT_LOADS)], frag[100],
                          ref[100] if ref is not None else float("nan"),
                          med[100] - ref[100] if ref is not None else float("nan"),
+                         fgd[100] if fgd is not None else float("nan"),
                          int(np.median([c.failed for c in curves]))])
             summary.setdefault(variant, {})[policy] = {
                 "seeds": seeds, "median_unallocated_pct": med.tolist(), "median_frag_amount_pct": frag.tolist(),
@@ -217,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
                 "per_seed_failed_pods": [c.failed for c in curves],
                 "published_median_unallocated_pct": ref.tolist() if ref is not None else None}
         headers = ["policy", *(f"unalloc@{a}%" for a in REPORT_LOADS), "frag@100%", "published@100%",
-                   "diff@100%", "failed pods"]
+                   "diff@100%", "published FGD@100%", "failed pods"]
         print(table(headers, rows, title=f"\nworkload {variant}: median unallocated GPU % over seeds {args.seeds} "
                                          f"(ours), FGD's published median beside it"))
         write_csv(out / f"packing_{variant}.csv", ["arrived_load_pct", *policies],
