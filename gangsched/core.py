@@ -190,7 +190,7 @@ class Scheduler:
             return f"pod requests more {too_big[0]} than any node has ({vec[state.res_index[too_big[0]]]})"
         if demand.gpu_count > state.max_gpus:
             return f"pod requests {demand.gpu_count} {GPU} but the largest node has {state.max_gpus}"
-        if demand.gpu_models and not any(m in state.model_index for m in demand.gpu_models):
+        if demand.gpu_count and demand.gpu_models and not any(m in state.model_index for m in demand.gpu_models):
             return f"pod requests GPU model(s) {sorted(demand.gpu_models)} that no node has"
         return None
 

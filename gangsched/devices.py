@@ -47,8 +47,8 @@ class RandomDevice(BestDevice):
 
 
 class TopologyDevice(BestDevice):
-    """Multi-GPU pods take free devices from the interconnect group with the most free devices that can
-    hold them all, else the fewest groups (largest first); others as `best`."""
+    """Multi-GPU pods take free devices from the interconnect group with the fewest free devices that can
+    still hold them all (keeping larger groups whole), else the fewest groups (largest first); others as `best`."""
 
     name = "topology"
 

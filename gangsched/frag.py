@@ -12,6 +12,7 @@ at once, by updating per-device sums instead of recomputing them.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ class Workload:
         # values: per-device work is done once per distinct value, then spread to the K pods by `milli_of`.
         self.milli_values, self.milli_of = np.unique(self.milli, return_inverse=True)
         self._gpu = gpu
-        self._access: dict[tuple[int, ...], np.ndarray] = {}
+        # (state, epoch, mask) of the last state asked about; a weak reference, since a new state may reuse a
+        # freed one's id
+        self._access: tuple[weakref.ref[ClusterState], int, np.ndarray] | None = None
 
     @classmethod
     def from_demands(cls, demands: Iterable[Demand], popularity: float = 0.95) -> Workload:
@@ -72,17 +75,17 @@ class Workload:
 
     def accessible(self, state: ClusterState) -> np.ndarray:
         """bool [N, K]: node's GPU model is one the typical pod accepts (nodes without GPUs: never)."""
-        key = (id(state), state.epoch)
-        acc = self._access.get(key)
-        if acc is None:
-            node_model = state.dev_model[:, 0]
-            acc = np.repeat((node_model >= 0)[:, None], len(self._gpu), axis=1)
-            for k, t in enumerate(self._gpu):
-                if t.models:
-                    ids = [state.model_index[m] for m in t.models if m in state.model_index]
-                    acc[:, k] &= np.isin(node_model, ids)
-            self._access = {key: acc}
-            acc = self._access[key]
+        if self._access is not None:
+            ref, epoch, acc = self._access
+            if ref() is state and epoch == state.epoch:
+                return acc
+        node_model = state.dev_model[:, 0]
+        acc = np.repeat((node_model >= 0)[:, None], len(self._gpu), axis=1)
+        for k, t in enumerate(self._gpu):
+            if t.models:
+                ids = [state.model_index[m] for m in t.models if m in state.model_index]
+                acc[:, k] &= np.isin(node_model, ids)
+        self._access = (weakref.ref(state), state.epoch, acc)
         return acc
 
 

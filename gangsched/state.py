@@ -129,15 +129,19 @@ class ClusterState:
 
     def set_nodes(self, nodes: Sequence[Node]) -> list[Assignment]:
         """Replace the node set (a node added, changed or removed). Assignments on surviving nodes are kept;
-        those on removed nodes are dropped and returned."""
+        those on removed nodes, and those that no longer fit a changed node, are dropped and returned."""
         old = list(self.assignments.values())
         self.assignments.clear()
         self._build(list(nodes))
         lost = []
         for a in old:
-            if a.node_name in self.index:
-                self._apply(a.pod_key, a.demand, self.index[a.node_name], a.devices)
-            else:
+            node = self.index.get(a.node_name)
+            if node is None:
+                lost.append(a)
+                continue
+            try:
+                self._apply(a.pod_key, a.demand, node, a.devices)
+            except (CapacityError, ModelError):  # the node shrank, or a resource it offered is gone
                 lost.append(a)
         self._touched.clear()
         self._touched_base = 0
@@ -189,7 +193,7 @@ class ClusterState:
         milli = demand.gpu_milli if demand.gpu_count else 0
         if devices:
             dev = np.asarray(devices)
-            if dev.max() >= self.gpu_free.shape[1] or np.any(self.gpu_free[node, dev] < milli):
+            if dev.min() < 0 or dev.max() >= self.gpu_free.shape[1] or np.any(self.gpu_free[node, dev] < milli):
                 raise CapacityError(f"pod {pod_key}: GPUs {devices} of node {self.names[node]} lack {milli} milli")
             self.gpu_free[node, dev] -= milli
         self.used[node] += vec

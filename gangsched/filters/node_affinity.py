@@ -63,6 +63,8 @@ class NodeAffinity:
         if demand.affinity:
             any_term = np.zeros(n, dtype=bool)
             for term in demand.affinity:
+                if not term:  # an empty nodeSelectorTerm matches no node
+                    continue
                 term_ok = np.ones(n, dtype=bool)
                 for req in term:
                     term_ok &= requirement_mask(state, req, rows, n)

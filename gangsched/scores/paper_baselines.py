@@ -4,13 +4,26 @@ hkust-adsl/kubernetes-scheduler-simulator (`pkg/simulator/plugin/*_score.go`); n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from gangsched.framework import CycleContext, Normalized, Rows
 from gangsched.model import CPU, MILLI_PER_GPU, Demand
 
+if TYPE_CHECKING:
+    from gangsched.state import ClusterState
+
 CPU_SCALE = 128_000
 GPU_SCALE = 8_000
+
+
+def _scales(state: ClusterState) -> tuple[int, int]:
+    """The paper's normalisers are the largest node of its cluster (128 cores, 8 GPUs); a cluster with bigger
+    nodes uses its own largest, so that scores stay within 0..100 (they depend on the node set only)."""
+    cpu = int(state.allocatable[:, state.res_index[CPU]].max(initial=0))
+    gpu = MILLI_PER_GPU * int(state.gpu_count.max(initial=0))
+    return max(CPU_SCALE, cpu), max(GPU_SCALE, gpu)
 
 
 class RandomScore(Normalized):
@@ -34,8 +47,9 @@ class DotProd(Normalized):
         cpu_left = state.free[rows, state.res_index[CPU]]
         gpu_left = state.gpu_free[rows].sum(axis=1)
         cpu = demand.request(CPU)
-        dot = (cpu_left / CPU_SCALE) * (cpu / CPU_SCALE) + (gpu_left / GPU_SCALE) * (demand.gpu_total_milli
-                                                                                     / GPU_SCALE)
+        cpu_scale, gpu_scale = _scales(state)
+        dot = (cpu_left / cpu_scale) * (cpu / cpu_scale) + (gpu_left / gpu_scale) * (demand.gpu_total_milli
+                                                                                     / gpu_scale)
         return np.where(cpu_left < cpu, 0.0, np.trunc(100 * (1 - dot / 2)))
 
 
@@ -52,7 +66,8 @@ class GpuClustering(Normalized):
         n = len(state.unschedulable[rows])
         if tag < 0:
             return np.zeros(n)
-        base = (25 * (GPU_SCALE - state.gpu_free[rows].sum(axis=1).astype(np.int64))) // GPU_SCALE
+        gpu_scale = _scales(state)[1]
+        base = (25 * (gpu_scale - state.gpu_free[rows].sum(axis=1).astype(np.int64))) // gpu_scale
         tags = state.gpu_tags[rows] > 0
         n_tags = tags.sum(axis=1)
         has = tags[:, tag]
