@@ -44,21 +44,28 @@ class Evaluator:
         self.cached_scores = [(p, w) for p, w in profile.scores if p.per_node]
         self.live_scores = [(p, w) for p, w in profile.scores if not p.per_node]
         self._cache: OrderedDict[Demand, _Entry] = OrderedDict()
+        # the demand object looked up last, whose entry is the most recently used one: a pod's mask and then its
+        # scores, or the next member of a gang, find it without hashing the demand again
+        self._last: tuple[Demand, _Entry] | None = None
 
     def mask(self, demand: Demand) -> np.ndarray:
         return self._entry(demand).mask
 
     def _entry(self, demand: Demand) -> _Entry:
         state = self.ctx.state
-        entry = self._cache.get(demand)
+        last = self._last
+        entry = last[1] if last is not None and last[0] is demand else self._cache.get(demand)
+        self._last = None
         if entry is not None and entry.epoch == state.epoch:
-            self._cache.move_to_end(demand)
+            if last is None or last[0] is not demand:
+                self._cache.move_to_end(demand)
             if entry.version != state.version:
                 dirty = state.touched_since(entry.version)
                 if dirty is None or len(dirty) * 4 > state.n_nodes:
                     entry = self._full(demand)
                 else:
                     self._refresh(entry, demand, dirty)
+            self._last = (demand, entry)
             return entry
         entry = self._full(demand)
         self._cache[demand] = entry
@@ -200,7 +207,7 @@ class Scheduler:
         reason = self.precheck(demand)
         if reason:
             return Diagnosis(self.state.n_nodes, unschedulable=reason)
-        feasible = np.flatnonzero(self.evaluator.mask(demand))
+        feasible = self.evaluator.mask(demand).nonzero()[0]
         if not feasible.size:
             return self.evaluator.diagnose(demand)
         node = int(feasible[0]) if feasible.size == 1 else self._select(demand, feasible)
@@ -209,7 +216,7 @@ class Scheduler:
 
     def _select(self, demand: Demand, feasible: np.ndarray) -> int:
         total = self.evaluator.scores(demand, feasible)
-        best = np.flatnonzero(total == total.max())
+        best = (total == total.max()).nonzero()[0]
         if len(best) == 1 or self.profile.tie_break == "first":
             return int(feasible[best[0]])
         return int(feasible[best[self.ctx.rng.integers(len(best))]])

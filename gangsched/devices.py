@@ -32,7 +32,7 @@ class BestDevice:
         if demand.gpu_milli < MILLI_PER_GPU:
             free = np.where(ok, ctx.state.gpu_free[node], np.iinfo(np.int32).max)
             return (int(np.argmin(free)),)
-        return tuple(int(d) for d in np.flatnonzero(ok)[: demand.gpu_count])
+        return tuple(ok.nonzero()[0][: demand.gpu_count].tolist())
 
 
 class RandomDevice(BestDevice):

@@ -132,7 +132,7 @@ def fragmentation_after(state: ClusterState, workload: Workload, demand: Demand,
         after = left.copy()
         # take the lowest-index fully free devices: the k-th free device gets a rank < gpu_count
         free = after == MILLI_PER_GPU
-        rank = np.cumsum(free, axis=1)
+        rank = free.cumsum(axis=1)
         after[free & (rank <= demand.gpu_count)] = 0
         return _frag(after, cpu_after, workload, acc), np.full(len(left), -1)
     per_dev = fragmentation_per_device(left, cpu_after, workload, acc, demand.gpu_milli)

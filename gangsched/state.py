@@ -188,7 +188,7 @@ class ClusterState:
         vec = self.vector(demand)
         if len(devices) != demand.gpu_count or len(set(devices)) != len(devices):
             raise CapacityError(f"pod {pod_key} needs {demand.gpu_count} distinct GPUs, got {devices}")
-        if np.any(self.used[node] + vec > self.allocatable[node]):
+        if (self.used[node] + vec > self.allocatable[node]).any():
             raise CapacityError(f"pod {pod_key} does not fit on node {self.names[node]}")
         milli = demand.gpu_milli if demand.gpu_count else 0
         if devices:
@@ -199,7 +199,7 @@ class ClusterState:
         self.used[node] += vec
         if demand.gpu_tag >= 0:
             self.gpu_tags[node, demand.gpu_tag] += 1
-        a = Assignment(pod_key, node, self.names[node], devices, milli, tuple(int(v) for v in vec), demand)
+        a = Assignment(pod_key, node, self.names[node], devices, milli, tuple(vec.tolist()), demand)
         self.assignments[pod_key] = a
         self.node_pods[node].add(pod_key)
         self._touch(node)

@@ -45,8 +45,8 @@ class ResourceFit:
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         state = ctx.state
         vec = state.vector(demand)
-        need = np.flatnonzero(vec)
-        ok = np.all(state.used[rows][:, need] + vec[need] <= state.allocatable[rows][:, need], axis=1)
+        need = vec.nonzero()[0]
+        ok = (state.used[rows][:, need] + vec[need] <= state.allocatable[rows][:, need]).all(axis=1)
         if demand.gpu_count:
             ok &= usable_devices(state, demand, rows).sum(axis=1) >= demand.gpu_count
         return ok
