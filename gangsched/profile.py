@@ -38,8 +38,8 @@ from gangsched.scores.gang_locality import GangLocality
 from gangsched.scores.paper_baselines import DotProd, GpuClustering, GpuPacking, RandomScore
 
 FILTERS: dict[str, type] = {c.name: c for c in (Unschedulable, TaintToleration, NodeAffinity, GpuModel, ResourceFit)}
-SCORES: dict[str, type] = {c.name: c for c in (LeastAllocated, MostAllocated, BalancedAllocation, BestFit, Fgd, GangLocality,
-                                               RandomScore, DotProd, GpuClustering, GpuPacking)}
+SCORES: dict[str, type] = {c.name: c for c in (LeastAllocated, MostAllocated, BalancedAllocation, BestFit, Fgd,
+                                               GangLocality, RandomScore, DotProd, GpuClustering, GpuPacking)}
 DEVICES: dict[str, type] = {c.name: c for c in (BestDevice, RandomDevice, TopologyDevice, FgdDevice)}
 
 
