@@ -112,7 +112,36 @@ def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray)
     stranded = np.where(fits_dev, 0, left[..., None, :]).sum(axis=-1)[..., wl.milli_of]  # [..., K]
     fits = acc & hostable & (cpu_left[..., None] >= wl.cpu)
     per_type = np.where(fits, stranded, total[..., None])
-    return per_type @ wl.share + wl.cpu_only_share * total
+    # einsum, not `per_type @ wl.share`: BLAS rounds a row's dot product differently depending on how many rows
+    # share the call and where the row sits, so a node's F depended on which nodes were scored with it (equal
+    # nodes could differ in the last bit, and a cached row could differ from a fresh evaluation)
+    return np.einsum("...k,k->...", per_type, wl.share) + wl.cpu_only_share * total
+
+
+def _take_whole_gpus(left: np.ndarray, count: int) -> np.ndarray:
+    """left [n, G] after a pod took `count` whole GPUs: the lowest-index fully free devices of each node."""
+    after = left.copy()
+    if count:
+        free = after == MILLI_PER_GPU
+        rank = free.cumsum(axis=1)  # the k-th free device gets rank k
+        after[free & (rank <= count)] = 0
+    return after
+
+
+def fragmentation_change(state: ClusterState, workload: Workload, demand: Demand, rows: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """F of each node in `rows` now and after placing `demand` there: `node_fragmentation` and the first value
+    of `fragmentation_after`, with one pass over both states for CPU-only and whole-GPU pods."""
+    left = state.gpu_free[rows].astype(np.int64)
+    cpu_left = cpu_free(state, rows)
+    acc = workload.accessible(state)[rows]
+    cpu_after = cpu_left - demand.request(CPU)
+    if demand.gpu_count and demand.gpu_milli < MILLI_PER_GPU:
+        per_dev = fragmentation_per_device(left, cpu_after, workload, acc, demand.gpu_milli)
+        return _frag(left, cpu_left, workload, acc), per_dev.min(axis=1)
+    both = _frag(np.stack([left, _take_whole_gpus(left, demand.gpu_count)]), np.stack([cpu_left, cpu_after]),
+                 workload, acc)
+    return both[0], both[1]
 
 
 def fragmentation_after(state: ClusterState, workload: Workload, demand: Demand, rows: np.ndarray
@@ -126,15 +155,8 @@ def fragmentation_after(state: ClusterState, workload: Workload, demand: Demand,
     left = state.gpu_free[rows].astype(np.int64)
     cpu_after = cpu_free(state, rows) - demand.request(CPU)
     acc = workload.accessible(state)[rows]
-    if demand.gpu_count == 0:
-        return _frag(left, cpu_after, workload, acc), np.full(len(left), -1)
-    if demand.gpu_milli == MILLI_PER_GPU:
-        after = left.copy()
-        # take the lowest-index fully free devices: the k-th free device gets a rank < gpu_count
-        free = after == MILLI_PER_GPU
-        rank = free.cumsum(axis=1)
-        after[free & (rank <= demand.gpu_count)] = 0
-        return _frag(after, cpu_after, workload, acc), np.full(len(left), -1)
+    if demand.gpu_count == 0 or demand.gpu_milli == MILLI_PER_GPU:
+        return _frag(_take_whole_gpus(left, demand.gpu_count), cpu_after, workload, acc), np.full(len(left), -1)
     per_dev = fragmentation_per_device(left, cpu_after, workload, acc, demand.gpu_milli)
     best = np.argmin(per_dev, axis=1)
     return per_dev[np.arange(len(left)), best], best

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gangsched.frag import fragmentation_after, node_fragmentation
+from gangsched.frag import fragmentation_change
 from gangsched.framework import CycleContext, Rows, minmax
 from gangsched.model import Demand
 
@@ -32,8 +32,7 @@ class Fgd:
         idx = rows if isinstance(rows, np.ndarray) and rows.dtype != bool else np.arange(ctx.state.n_nodes)[rows]
         if demand.gpu_count == 0 and demand.request("cpu") == 0:
             return np.full(len(idx), 100.0)
-        before = node_fragmentation(ctx.state, ctx.workload, idx)
-        after, _ = fragmentation_after(ctx.state, ctx.workload, demand, idx)
+        before, after = fragmentation_change(ctx.state, ctx.workload, demand, idx)
         gain = before - after
         return quantized(gain) if self.quantize else gain
 
