@@ -107,7 +107,8 @@ class Evaluator:
                 entry.mask[candidates] = ok
                 now_ok = candidates[ok]
             for (plugin, _), raw in zip(self.cached_scores, entry.raws, strict=True):
-                raw[dirty] = np.nan
+                if now_ok.size < dirty.size:  # rows that left the mask (never read while outside it)
+                    raw[dirty] = np.nan
                 if now_ok.size:
                     raw[now_ok] = plugin(self.ctx, demand, now_ok)
         entry.version = self.ctx.state.version
@@ -115,12 +116,12 @@ class Evaluator:
     def scores(self, demand: Demand, feasible: np.ndarray) -> np.ndarray:
         """Weighted sum of normalised scores over the feasible nodes."""
         entry = self._entry(demand)
-        total = np.zeros(len(feasible))
+        total = None
         for (plugin, weight), raw in zip(self.cached_scores, entry.raws, strict=True):
-            total += weight * plugin.normalize(raw[feasible])
+            total = _add_weighted(total, weight, plugin.normalize(raw[feasible]))
         for plugin, weight in self.live_scores:
-            total += weight * plugin.normalize(plugin(self.ctx, demand, feasible))
-        return total
+            total = _add_weighted(total, weight, plugin.normalize(plugin(self.ctx, demand, feasible)))
+        return np.zeros(len(feasible)) if total is None else total
 
     def diagnose(self, demand: Demand) -> Diagnosis:
         """Per node, the first filter (in profile order) that rejects it, counted by reason."""
@@ -140,6 +141,17 @@ class Evaluator:
                     diag.reasons[f.reason] += int(rejected.size)
             remaining = remaining[ok]
         return diag
+
+
+def _add_weighted(total: np.ndarray | None, weight: float, score: np.ndarray) -> np.ndarray:
+    """`total + weight * score`, starting from zeros, with the same float results but no array of zeros to add
+    to and no multiplication by a weight of 1 (both exact no-ops)."""
+    if weight != 1.0:
+        score = np.asarray(weight * score, dtype=np.float64)
+    if total is None:
+        return np.array(score, dtype=np.float64)  # a copy: `score` may be a plugin's own array
+    total += score
+    return total
 
 
 @dataclass
@@ -239,7 +251,7 @@ class Scheduler:
         order = sorted(gang.pods, key=lambda p: p.demand.gpu_total_milli, reverse=True)
         with self.state.trial() as trial:
             for i, pod in enumerate(order):
-                diag = failed.get(pod.demand)  # an identical member already found no node
+                diag = failed.get(pod.demand) if failed else None  # an identical member already found no node
                 outcome = diag if diag is not None else self.place_pod(pod)
                 if isinstance(outcome, Diagnosis):
                     failed[pod.demand] = outcome

@@ -16,7 +16,7 @@ from gangsched.scores.fgd import quantized
 
 
 def _usable(ctx: CycleContext, demand: Demand, node: int) -> np.ndarray:
-    return usable_devices(ctx.state, demand, np.array([node]))[0]
+    return usable_devices(ctx.state, demand, slice(node, node + 1))[0]
 
 
 class BestDevice:

@@ -107,9 +107,10 @@ def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray)
     total = left.sum(axis=-1)
     if wl.share.size == 0:
         return wl.cpu_only_share * total
-    fits_dev = left[..., None, :] >= wl.milli_values[:, None]  # [..., M, G] per distinct milli value
+    devices = left[..., None, :]
+    fits_dev = devices >= wl.milli_values[:, None]  # [..., M, G] per distinct milli value
     hostable = fits_dev.sum(axis=-1)[..., wl.milli_of] >= wl.count  # [..., K]
-    stranded = np.where(fits_dev, 0, left[..., None, :]).sum(axis=-1)[..., wl.milli_of]  # [..., K]
+    stranded = np.where(fits_dev, 0, devices).sum(axis=-1)[..., wl.milli_of]  # [..., K]
     fits = acc & hostable & (cpu_left[..., None] >= wl.cpu)
     per_type = np.where(fits, stranded, total[..., None])
     # einsum, not `per_type @ wl.share`: BLAS rounds a row's dot product differently depending on how many rows
@@ -118,29 +119,33 @@ def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray)
     return np.einsum("...k,k->...", per_type, wl.share) + wl.cpu_only_share * total
 
 
-def _take_whole_gpus(left: np.ndarray, count: int) -> np.ndarray:
-    """left [n, G] after a pod took `count` whole GPUs: the lowest-index fully free devices of each node."""
-    after = left.copy()
+def _take_whole_gpus(left: np.ndarray, count: int) -> None:
+    """In place: free milli [n, G] after a pod took `count` whole GPUs, the lowest-index fully free devices."""
     if count:
-        free = after == MILLI_PER_GPU
+        free = left == MILLI_PER_GPU
         rank = free.cumsum(axis=1)  # the k-th free device gets rank k
-        after[free & (rank <= count)] = 0
-    return after
+        left[free & (rank <= count)] = 0
 
 
 def fragmentation_change(state: ClusterState, workload: Workload, demand: Demand, rows: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
     """F of each node in `rows` now and after placing `demand` there: `node_fragmentation` and the first value
     of `fragmentation_after`, with one pass over both states for CPU-only and whole-GPU pods."""
-    left = state.gpu_free[rows].astype(np.int64)
     cpu_left = cpu_free(state, rows)
     acc = workload.accessible(state)[rows]
-    cpu_after = cpu_left - demand.request(CPU)
     if demand.gpu_count and demand.gpu_milli < MILLI_PER_GPU:
-        per_dev = fragmentation_per_device(left, cpu_after, workload, acc, demand.gpu_milli)
+        left = state.gpu_free[rows].astype(np.int64)
+        per_dev = fragmentation_per_device(left, cpu_left - demand.request(CPU), workload, acc, demand.gpu_milli)
         return _frag(left, cpu_left, workload, acc), per_dev.min(axis=1)
-    both = _frag(np.stack([left, _take_whole_gpus(left, demand.gpu_count)]), np.stack([cpu_left, cpu_after]),
-                 workload, acc)
+    gpu = state.gpu_free[rows]
+    lefts = np.empty((2, *gpu.shape), dtype=np.int64)  # [now, after]
+    lefts[0] = gpu
+    lefts[1] = gpu
+    _take_whole_gpus(lefts[1], demand.gpu_count)
+    cpus = np.empty((2, len(cpu_left)), dtype=np.int64)
+    cpus[0] = cpu_left
+    np.subtract(cpu_left, demand.request(CPU), out=cpus[1])
+    both = _frag(lefts, cpus, workload, acc)
     return both[0], both[1]
 
 
@@ -156,7 +161,8 @@ def fragmentation_after(state: ClusterState, workload: Workload, demand: Demand,
     cpu_after = cpu_free(state, rows) - demand.request(CPU)
     acc = workload.accessible(state)[rows]
     if demand.gpu_count == 0 or demand.gpu_milli == MILLI_PER_GPU:
-        return _frag(_take_whole_gpus(left, demand.gpu_count), cpu_after, workload, acc), np.full(len(left), -1)
+        _take_whole_gpus(left, demand.gpu_count)
+        return _frag(left, cpu_after, workload, acc), np.full(len(left), -1)
     per_dev = fragmentation_per_device(left, cpu_after, workload, acc, demand.gpu_milli)
     best = np.argmin(per_dev, axis=1)
     return per_dev[np.arange(len(left)), best], best

@@ -45,8 +45,9 @@ class ResourceFit:
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         state = ctx.state
         vec = state.vector(demand)
-        need = vec.nonzero()[0]
-        ok = (state.used[rows][:, need] + vec[need] <= state.allocatable[rows][:, need]).all(axis=1)
+        fits = state.used[rows] + vec <= state.allocatable[rows]
+        need = vec.nonzero()[0]  # resources the pod does not ask for are not checked
+        ok = (fits if len(need) == len(vec) else fits[:, need]).all(axis=1)
         if demand.gpu_count:
             ok &= usable_devices(state, demand, rows).sum(axis=1) >= demand.gpu_count
         return ok

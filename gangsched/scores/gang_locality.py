@@ -19,8 +19,8 @@ class GangLocality(Normalized):
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         gang = ctx.gang_nodes
-        n = len(ctx.state.unschedulable[rows])
         if gang is None or not gang.any():
+            n = len(rows) if isinstance(rows, np.ndarray) and rows.dtype != bool else len(ctx.state.unschedulable[rows])
             return np.zeros(n)
         score = np.where(gang[rows], 100.0, 0.0)
         codes = ctx.state.label_codes.get(self.topology_key)
