@@ -103,20 +103,36 @@ def cpu_free(state: ClusterState, rows: np.ndarray | slice) -> np.ndarray:
 
 
 def _frag(left: np.ndarray, cpu_left: np.ndarray, wl: Workload, acc: np.ndarray) -> np.ndarray:
-    """left [..., G], cpu_left [...], acc [..., K] -> F [...]."""
-    total = left.sum(axis=-1)
+    """left [..., G] (integer milli), cpu_left [...], acc [..., K] -> F [...].
+
+    All of it is integer arithmetic up to the final weighted sum, so the formulation only matters for speed:
+    sums over devices are einsum reductions (several times faster than `.sum` over a short last axis), and
+    masks multiply instead of `np.where`."""
+    total = np.einsum("...g->...", left)
     if wl.share.size == 0:
         return wl.cpu_only_share * total
     devices = left[..., None, :]
     fits_dev = devices >= wl.milli_values[:, None]  # [..., M, G] per distinct milli value
-    hostable = fits_dev.sum(axis=-1)[..., wl.milli_of] >= wl.count  # [..., K]
-    stranded = np.where(fits_dev, 0, devices).sum(axis=-1)[..., wl.milli_of]  # [..., K]
+    n_fit = np.einsum("...mg->...m", fits_dev.view(np.uint8))  # devices with room, per milli value
+    stranded = np.einsum("...mg->...m", devices * ~fits_dev)  # idle milli on devices without room
+    hostable = n_fit[..., wl.milli_of] >= wl.count  # [..., K]
     fits = acc & hostable & (cpu_left[..., None] >= wl.cpu)
-    per_type = np.where(fits, stranded, total[..., None])
+    everything = total[..., None]
+    per_type = _c_order(fits.shape, stranded.dtype)  # stranded milli if the typical pod fits, else all of it
+    np.subtract(stranded[..., wl.milli_of], everything, out=per_type)
+    per_type *= fits
+    per_type += everything
     # einsum, not `per_type @ wl.share`: BLAS rounds a row's dot product differently depending on how many rows
     # share the call and where the row sits, so a node's F depended on which nodes were scored with it (equal
-    # nodes could differ in the last bit, and a cached row could differ from a fresh evaluation)
+    # nodes could differ in the last bit, and a cached row could differ from a fresh evaluation). einsum's
+    # rounding depends on the memory layout instead, hence C order always.
     return np.einsum("...k,k->...", per_type, wl.share) + wl.cpu_only_share * total
+
+
+def _c_order(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A C-ordered array for the operand of a weighted sum (see `_frag`): numpy may lay out the result of an
+    expression otherwise, and einsum's rounding depends on the layout."""
+    return np.empty(shape, dtype=dtype, order="C")
 
 
 def _take_whole_gpus(left: np.ndarray, count: int) -> None:
@@ -134,11 +150,11 @@ def fragmentation_change(state: ClusterState, workload: Workload, demand: Demand
     cpu_left = cpu_free(state, rows)
     acc = workload.accessible(state)[rows]
     if demand.gpu_count and demand.gpu_milli < MILLI_PER_GPU:
-        left = state.gpu_free[rows].astype(np.int64)
+        left = state.gpu_free[rows]
         per_dev = fragmentation_per_device(left, cpu_left - demand.request(CPU), workload, acc, demand.gpu_milli)
         return _frag(left, cpu_left, workload, acc), per_dev.min(axis=1)
     gpu = state.gpu_free[rows]
-    lefts = np.empty((2, *gpu.shape), dtype=np.int64)  # [now, after]
+    lefts = np.empty((2, *gpu.shape), dtype=gpu.dtype)  # [now, after]
     lefts[0] = gpu
     lefts[1] = gpu
     _take_whole_gpus(lefts[1], demand.gpu_count)
@@ -173,22 +189,25 @@ def fragmentation_per_device(left: np.ndarray, cpu_after: np.ndarray, wl: Worklo
     """F [n, G] if a `milli` GPU-sharing pod took device g of each node (inf where it does not fit).
 
     Per typical pod, the count of devices that fit it and the milli stranded on devices that don't change
-    only in device g, so both are updated from the node's totals instead of recomputed over G."""
-    total = left.sum(axis=1)  # [n]
+    only in device g, so both are updated from the node's totals instead of recomputed over G. Integer
+    arithmetic throughout (as in `_frag`); `left` as the state's int32 keeps the [n, K, G] arrays small."""
+    total = np.einsum("ng->n", left)  # [n]
     new_total = total - milli
     after = left - milli  # [n, G]: the device's free milli if the pod took it
     if wl.share.size == 0:
         out = np.broadcast_to((wl.cpu_only_share * new_total)[:, None], left.shape).astype(np.float64)
     else:
-        m = wl.milli_values  # [M]: computed per distinct milli value, then spread to the K typical pods
-        fits_dev = left[:, None, :] >= m[:, None]  # [n, M, G]
-        n_fit = fits_dev.sum(axis=2)  # [n, M]
-        stranded = np.where(fits_dev, 0, left[:, None, :]).sum(axis=2)  # [n, M]
-        fits_after = after[:, None, :] >= m[:, None]  # [n, M, G]
-        n_fit_g = (n_fit[:, :, None] - fits_dev + fits_after)[:, wl.milli_of]  # [n, K, G]
-        stranded_g = (stranded[:, :, None] - np.where(fits_dev, 0, left[:, None, :])
-                      + np.where(fits_after, 0, after[:, None, :]))[:, wl.milli_of]
+        m = wl.milli_values[:, None]  # [M, 1]: per distinct milli value, then spread to the K typical pods
+        dev_before, dev_after = left[:, None, :], after[:, None, :]  # [n, 1, G]
+        fits_dev, fits_after = dev_before >= m, dev_after >= m  # [n, M, G]
+        stranded_dev = dev_before * ~fits_dev  # [n, M, G]
+        n_fit = np.einsum("nmg->nm", fits_dev.view(np.uint8))
+        stranded = np.einsum("nmg->nm", stranded_dev)
+        n_fit_g = (n_fit[:, :, None] - fits_dev.view(np.uint8) + fits_after.view(np.uint8))[:, wl.milli_of]
+        stranded_g = (stranded[:, :, None] - stranded_dev + dev_after * ~fits_after)[:, wl.milli_of]  # [n, K, G]
         ok = (acc & (cpu_after[:, None] >= wl.cpu))[:, :, None] & (n_fit_g >= wl.count[:, None])
-        per_type = np.where(ok, stranded_g, new_total[:, None, None])  # [n, K, G]
+        per_type = _c_order(ok.shape, stranded_g.dtype)  # stranded milli where the pod fits, else all of it
+        np.copyto(per_type, new_total[:, None, None])
+        np.copyto(per_type, stranded_g, where=ok)
         out = np.einsum("nkg,k->ng", per_type, wl.share) + (wl.cpu_only_share * new_total)[:, None]
     return np.where(left >= milli, out, np.inf)
