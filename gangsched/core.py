@@ -186,12 +186,14 @@ class Scheduler:
         self.evaluator = Evaluator(profile, self.ctx)
         self._prechecked: dict[Demand, str | None] = {}  # per demand, for the state's current epoch
         self._prechecked_epoch = state.epoch
+        self._largest: np.ndarray | None = None  # per scalar resource, the most any node has (this epoch)
 
     def precheck(self, demand: Demand) -> str | None:
         """A reason the demand fits no node even in an empty cluster, or None."""
         if self._prechecked_epoch != self.state.epoch or len(self._prechecked) >= 4096:
             self._prechecked.clear()
             self._prechecked_epoch = self.state.epoch
+            self._largest = None
         try:
             return self._prechecked[demand]
         except KeyError:
@@ -204,7 +206,9 @@ class Scheduler:
             vec = state.vector(demand)
         except ModelError as e:
             return str(e)
-        too_big = [state.resources[j] for j in np.flatnonzero(np.all(state.allocatable < vec, axis=0))]
+        if self._largest is None:
+            self._largest = state.allocatable.max(axis=0, initial=np.iinfo(np.int64).min)
+        too_big = [state.resources[j] for j in np.flatnonzero(self._largest < vec)]  # every node has less
         if too_big:
             return f"pod requests more {too_big[0]} than any node has ({vec[state.res_index[too_big[0]]]})"
         if demand.gpu_count > state.max_gpus:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gangsched.filters.resources import model_match
+from gangsched.filters.resources import count_per_node, model_match
 from gangsched.framework import CycleContext, Rows
 from gangsched.model import Demand
 
@@ -20,5 +20,5 @@ class GpuModel:
         state = ctx.state
         if not demand.gpu_models or not demand.gpu_count:
             return np.ones(len(state.unschedulable[rows]), dtype=bool)
-        matching = model_match(state, demand, rows).sum(axis=1)
+        matching = count_per_node(model_match(state, demand, rows))
         return matching >= demand.gpu_count

@@ -15,6 +15,13 @@ from gangsched.model import GPU, Demand
 from gangsched.state import ClusterState
 
 
+def count_per_node(mask: np.ndarray) -> np.ndarray:
+    """True values per row of a bool [n, k] mask: `mask.sum(axis=1)`, several times faster for a short row."""
+    if mask.shape[-1] > np.iinfo(np.uint8).max:
+        return mask.sum(axis=-1)
+    return np.einsum("...k->...", mask.view(np.uint8))
+
+
 def usable_devices(state: ClusterState, demand: Demand, rows: Rows) -> np.ndarray:
     """bool [n, G]: devices of the selected nodes with room for one device's share of the demand."""
     ok = state.gpu_free[rows] >= demand.gpu_milli
@@ -47,9 +54,11 @@ class ResourceFit:
         vec = state.vector(demand)
         fits = state.used[rows] + vec <= state.allocatable[rows]
         need = vec.nonzero()[0]  # resources the pod does not ask for are not checked
-        ok = (fits if len(need) == len(vec) else fits[:, need]).all(axis=1)
+        if len(need) < len(vec):
+            fits = fits[:, need]
+        ok = count_per_node(fits) == fits.shape[1]  # fits.all(axis=1)
         if demand.gpu_count:
-            ok &= usable_devices(state, demand, rows).sum(axis=1) >= demand.gpu_count
+            ok &= count_per_node(usable_devices(state, demand, rows)) >= demand.gpu_count
         return ok
 
     def explain(self, ctx: CycleContext, demand: Demand, rows: np.ndarray) -> Counter[str]:

@@ -20,8 +20,9 @@ def _used_fraction(ctx: CycleContext, demand: Demand, rows: Rows, weights: dict[
     vec = state.vector(demand)
     for res, w in weights.items():
         if res == GPU:
-            cap = state.gpu_cap[rows].sum(axis=1).astype(np.float64)
-            used = cap - state.gpu_free[rows].sum(axis=1) + demand.gpu_total_milli
+            # device sums by einsum: exact integers like .sum(axis=1), faster over 8 devices
+            cap = np.einsum("ng->n", state.gpu_cap[rows]).astype(np.float64)
+            used = cap - np.einsum("ng->n", state.gpu_free[rows]) + demand.gpu_total_milli
         elif res in state.res_index:
             j = state.res_index[res]
             cap = state.allocatable[rows, j].astype(np.float64)
