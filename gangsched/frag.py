@@ -52,6 +52,8 @@ class Workload:
         # (state, epoch, mask) of the last state asked about; a weak reference, since a new state may reuse a
         # freed one's id
         self._access: tuple[weakref.ref[ClusterState], int, np.ndarray] | None = None
+        # (state, epoch, version, F [N]) of the last state asked about, for `current_fragmentation`
+        self._current: tuple[weakref.ref[ClusterState], int, int, np.ndarray] | None = None
 
     @classmethod
     def from_demands(cls, demands: Iterable[Demand], popularity: float = 0.95) -> Workload:
@@ -87,6 +89,24 @@ class Workload:
                 acc[:, k] &= np.isin(node_model, ids)
         self._access = (weakref.ref(state), state.epoch, acc)
         return acc
+
+    def current_fragmentation(self, state: ClusterState, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """`node_fragmentation(state, self, rows)`, from F of every node kept between calls. F does not depend
+        on the pod being placed, so full evaluations of different demands share it; like the Evaluator's
+        cache, it is brought up to date from the state's touch log (the rows changed since)."""
+        cached = self._current
+        if cached is not None and cached[0]() is state and cached[1] == state.epoch:
+            version, f = cached[2], cached[3]
+            if version != state.version:
+                dirty = state.touched_since(version)
+                if dirty is None or len(dirty) * 4 > state.n_nodes:
+                    f = node_fragmentation(state, self)
+                elif dirty.size:
+                    f[dirty] = node_fragmentation(state, self, dirty)
+        else:
+            f = node_fragmentation(state, self)
+        self._current = (weakref.ref(state), state.epoch, state.version, f)
+        return f[rows].copy() if isinstance(rows, slice) else f[rows]
 
 
 def node_fragmentation(state: ClusterState, workload: Workload, rows: np.ndarray | slice = slice(None)
@@ -143,16 +163,27 @@ def _take_whole_gpus(left: np.ndarray, count: int) -> None:
         left[free & (rank <= count)] = 0
 
 
+_SHARED_BEFORE_ROWS = 64  # from this many rows on (a full evaluation), F now comes from current_fragmentation
+
+
 def fragmentation_change(state: ClusterState, workload: Workload, demand: Demand, rows: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
     """F of each node in `rows` now and after placing `demand` there: `node_fragmentation` and the first value
-    of `fragmentation_after`, with one pass over both states for CPU-only and whole-GPU pods."""
+    of `fragmentation_after`. For many rows F now is `Workload.current_fragmentation`, shared by all demands;
+    for a few (a refresh), both are computed in one pass over both states for CPU-only and whole-GPU pods."""
     cpu_left = cpu_free(state, rows)
     acc = workload.accessible(state)[rows]
+    shared = len(cpu_left) >= _SHARED_BEFORE_ROWS
     if demand.gpu_count and demand.gpu_milli < MILLI_PER_GPU:
         left = state.gpu_free[rows]
         per_dev = fragmentation_per_device(left, cpu_left - demand.request(CPU), workload, acc, demand.gpu_milli)
-        return _frag(left, cpu_left, workload, acc), per_dev.min(axis=1)
+        before = workload.current_fragmentation(state, rows) if shared else _frag(left, cpu_left, workload, acc)
+        return before, per_dev.min(axis=1)
+    if shared:
+        after = np.array(state.gpu_free[rows])  # a copy even when `rows` is a slice
+        _take_whole_gpus(after, demand.gpu_count)
+        return (workload.current_fragmentation(state, rows),
+                _frag(after, cpu_left - demand.request(CPU), workload, acc))
     gpu = state.gpu_free[rows]
     lefts = np.empty((2, *gpu.shape), dtype=gpu.dtype)  # [now, after]
     lefts[0] = gpu

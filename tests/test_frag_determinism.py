@@ -56,3 +56,37 @@ def test_cached_exact_fgd_scores_equal_a_fresh_evaluation() -> None:
     cached = sched.evaluator._entry(one_gpu)
     fresh = Evaluator(profile, sched.ctx)._entry(one_gpu)
     np.testing.assert_array_equal(cached.raws[0][fresh.mask], fresh.raws[0][fresh.mask])
+
+
+
+def test_current_fragmentation_follows_every_change_of_the_state() -> None:
+    """The per-node F kept by the workload equals a fresh computation after placements, releases, a rolled-back
+    trial, many changes at once (recomputed whole) and a new node set."""
+    state, wl = busy_state(32), Workload.from_demands(MIX * 3 + MIX[:5])
+
+    def check() -> None:
+        np.testing.assert_array_equal(wl.current_fragmentation(state), node_fragmentation(state, wl))
+        rows = np.array([3, 9, state.n_nodes - 1])
+        np.testing.assert_array_equal(wl.current_fragmentation(state, rows), node_fragmentation(state, wl, rows))
+
+    def a_free_device() -> tuple[int, int]:
+        node = int(np.flatnonzero((state.gpu_free == 1000).any(axis=1))[0])
+        return node, int(np.flatnonzero(state.gpu_free[node] == 1000)[0])
+
+    one_gpu = demand(cpu_milli=4000, memory=GIB, gpus=1)
+    check()
+    node, dev = a_free_device()
+    state.assign("a", one_gpu, node, (dev,))
+    check()
+    with state.trial():
+        node, dev = a_free_device()
+        state.assign("b", one_gpu, node, (dev,))
+        check()
+    check()  # rolled back
+    state.release("a")
+    check()
+    for key in sorted(state.assignments)[:40]:  # touches more than a quarter of the nodes
+        state.release(key)
+    check()
+    state.set_nodes(state.nodes[:-4])  # a new epoch
+    check()
