@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     modes = sim.add_subparsers(dest="mode", required=True)
     packing.add_arguments(modes.add_parser("packing", help="FGD's packing experiment on the Alibaba 2023 trace"))
     timed.add_arguments(modes.add_parser("time", help="event-driven replay of the Philly job trace"))
+    from gangsched.live import run
+
+    run.add_arguments(sub.add_parser("run", help="schedule pods on a Kubernetes cluster (secondary scheduler)"))
     return parser
 
 

@@ -1,0 +1,104 @@
+"""List+watch of one resource into the scheduler's event queue (client-go's reflector, trimmed).
+
+Every change reaches one queue that a single scheduler thread drains, so the cache needs no locks. A
+relist (at start, after 410 Gone, or after an error that lost our place) is delivered as one SYNC event
+with the full item list, so the cache can also drop objects deleted while we were not watching.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from gangsched.live.kube import ApiError, KubeClient
+
+log = logging.getLogger(__name__)
+
+SYNC = "SYNC"
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str  # our short name: pods, nodes, podgroups, priorityclasses
+    path: str  # the collection's path, all namespaces
+    optional: bool = False  # absent API (e.g. the PodGroup CRD not installed): wait for it, do not fail
+
+
+PODS = Resource("pods", "/api/v1/pods")
+NODES = Resource("nodes", "/api/v1/nodes")
+PODGROUPS = Resource("podgroups", "/apis/scheduling.x-k8s.io/v1alpha1/podgroups", optional=True)
+PRIORITY_CLASSES = Resource("priorityclasses", "/apis/scheduling.k8s.io/v1/priorityclasses")
+
+
+class Informer:
+    def __init__(self, client: KubeClient, resource: Resource, out: queue.Queue, stop: threading.Event,
+                 watch_timeout: int = 300):
+        self.client = client
+        self.resource = resource
+        self.out = out
+        self.stop = stop
+        self.watch_timeout = watch_timeout
+        self.synced = threading.Event()
+        self.relists = 0  # for tests and metrics: how often the cache had to be rebuilt from a list
+        self.thread = threading.Thread(target=self._run, name=f"informer-{resource.kind}", daemon=True)
+
+    def start(self) -> Informer:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        rv = ""
+        backoff = 0.2
+        while not self.stop.is_set():
+            try:
+                if not rv:
+                    items, rv = self.client.list_all(self.resource.path)
+                    self.relists += 1
+                    self.out.put((self.resource.kind, SYNC, items))
+                    self.synced.set()
+                rv = self._watch(rv)
+                backoff = 0.2
+            except ApiError as e:
+                if e.status == 410:  # our resourceVersion was compacted away: start over from a list
+                    log.info("%s: watch expired (410 Gone), relisting", self.resource.kind)
+                    rv = ""
+                    continue
+                if e.status == 404 and self.resource.optional:
+                    self.out.put((self.resource.kind, SYNC, []))
+                    self.synced.set()
+                    log.warning("%s: API not served (is the CRD installed?); retrying", self.resource.kind)
+                    backoff = 5.0
+                else:
+                    log.warning("%s: %s; retrying in %.1fs", self.resource.kind, e, backoff)
+                self.stop.wait(backoff * (1 + random.random() * 0.2))
+                backoff = min(backoff * 2, 10.0)
+            except Exception:  # never let an informer die: a dead one would silently freeze the cache
+                log.exception("%s: informer error", self.resource.kind)
+                rv = ""
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _watch(self, rv: str) -> str:
+        for event in self.client.watch(self.resource.path, rv, self.watch_timeout):
+            if self.stop.is_set():
+                break
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                code = obj.get("code", 0)
+                raise ApiError(code, obj.get("reason", ""), obj.get("message", ""))
+            new_rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if new_rv:
+                rv = new_rv
+            if kind != "BOOKMARK":
+                self.out.put((self.resource.kind, kind, obj))
+        return rv
+
+
+def start_informers(client: KubeClient, out: queue.Queue, stop: threading.Event,
+                    resources: tuple[Resource, ...] = (NODES, PODS, PODGROUPS, PRIORITY_CLASSES),
+                    **kwargs: Any) -> list[Informer]:
+    return [Informer(client, r, out, stop, **kwargs).start() for r in resources]

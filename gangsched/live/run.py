@@ -1,0 +1,111 @@
+"""`gangsched run`: the secondary scheduler process (kubeconfig or in-cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from gangsched.live.kube import KubeClient
+from gangsched.live.leader import LeaderElector
+from gangsched.live.scheduler import LiveScheduler
+from gangsched.profile import load_profile
+
+log = logging.getLogger("gangsched")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--profile", default="default", help="profile name or YAML file (default: default)")
+    p.add_argument("--scheduler-name", default="gangsched", help="schedule pods with this spec.schedulerName")
+    p.add_argument("--qps", type=float, default=500.0, help="client requests per second (<= 0: unlimited)")
+    p.add_argument("--burst", type=int, default=1000, help="client burst above --qps")
+    p.add_argument("--bind-workers", type=int, default=16, help="bindings posted concurrently")
+    p.add_argument("--gang-timeout", type=float, default=60.0,
+                   help="seconds a gang may stay below minMember with members bound before they are evicted, "
+                        "for PodGroups without spec.scheduleTimeoutSeconds")
+    p.add_argument("--leader-elect", action="store_true", help="lead through a coordination.k8s.io Lease first")
+    p.add_argument("--lease-namespace", default="default")
+    p.add_argument("--lease-name", default="gangsched")
+    p.add_argument("--health-port", type=int, default=0, help="serve /healthz and /metrics here (0: off)")
+    p.add_argument("--no-events", action="store_true", help="do not post Events (benchmarks)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    profile = load_profile(args.profile)
+    client = KubeClient.load(args.kubeconfig, qps=args.qps, burst=args.burst, pool_size=args.bind_workers + 8)
+    sched = LiveScheduler(client, profile, scheduler_name=args.scheduler_name, bind_workers=args.bind_workers,
+                          gang_timeout=args.gang_timeout, events=not args.no_events)
+    exit_code = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing bindings in flight, then stopping", signum)
+        sched.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.health_port:
+        serve_health(sched, args.health_port)
+    elector = None
+    if args.leader_elect:
+        identity = f"{socket.gethostname()}_{os.getpid()}"
+        elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity)
+        if not elector.acquire(sched.stop):
+            return 0
+
+        def lost() -> None:
+            nonlocal exit_code
+            exit_code = 1  # as kube-scheduler does: a replica that lost the lease exits and is restarted
+            sched.stop.set()
+
+        elector.keep_renewing(sched.stop, lost)
+    log.info("scheduling pods with schedulerName=%s, profile %s", args.scheduler_name, profile.name)
+    sched.run()
+    if elector is not None and exit_code == 0:
+        elector.release()
+    log.info("stopped: %s", sched.stats)
+    return exit_code
+
+
+def serve_health(sched: LiveScheduler, port: int) -> ThreadingHTTPServer:
+    registry = CollectorRegistry()
+    for name, doc in (("gangs_scheduled", "gangs placed whole"), ("pods_bound", "bindings that succeeded"),
+                      ("bind_errors", "bindings that failed (retried or given up)"),
+                      ("evicted", "pods evicted from incomplete gangs"), ("cycles", "scheduling cycles")):
+        Gauge(f"gangsched_{name}_total", doc, registry=registry).set_function(lambda n=name: sched.stats[n])
+    Gauge("gangsched_pending_pods", "pods waiting to be scheduled", registry=registry).set_function(
+        lambda: sum(len(t.pending) for t in list(sched.gangs.values())))
+    Gauge("gangsched_bindings_in_flight", "bindings posted, no answer yet", registry=registry).set_function(
+        lambda: len(sched.assumed))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                ok = time.monotonic() - sched.alive_at < 30
+                body, code, ctype = (b"ok" if ok else b"scheduling loop stuck"), (200 if ok else 500), "text/plain"
+            elif self.path == "/metrics":
+                body, code, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+            else:
+                body, code, ctype = b"not found", 404, "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
