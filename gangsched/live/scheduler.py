@@ -352,7 +352,11 @@ class LiveScheduler:
             if track.pending and key not in self.queue.pending:  # dropped from the queue when members change
                 prio = max(p.priority for p in track.pending.values())
                 self.queue.pending[key] = GangInfo(PodGroup(key, 1, priority=prio), [], enqueued=track.enqueued)
-        for gang in self.queue.pop_order(now):
+        order = self.queue.pop_order(now)
+        # Gangs with members already bound (a restart mid-binding, a replacement pod) go first: they hold
+        # resources that are useless until they complete.
+        order.sort(key=lambda g: not (g.group.name in self.gangs and self.gangs[g.group.name].bound))
+        for gang in order:
             key = gang.group.name
             track = self.gangs.get(key)
             if track is None or not track.pending:

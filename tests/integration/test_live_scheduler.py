@@ -1,0 +1,293 @@
+"""`gangsched run` against the real API server of the dev cluster (etcd + kube-apiserver + KWOK nodes).
+
+Each test gets its own namespace and its own fake GPU nodes, which only its pods select, and its own
+scheduler process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+
+import pytest
+
+from gangsched.live.kube import ApiError, KubeClient
+from tests.integration.live import Cluster, SchedulerProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(devcluster, request):
+    client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
+    ns = f"t{uuid.uuid4().hex[:6]}-{request.node.name.removeprefix('test_').replace('_', '-')[:30]}"
+    client.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    c = Cluster(client, ns)
+    yield c
+    c.delete_pods()
+    for node in c.nodes:
+        client.request("DELETE", f"/api/v1/nodes/{node}")
+
+
+@pytest.fixture
+def start_scheduler(devcluster, tmp_path):
+    procs: list[SchedulerProcess] = []
+    counter = itertools.count()
+
+    def start(*extra: str) -> SchedulerProcess:
+        p = SchedulerProcess(devcluster.kubeconfig, tmp_path / f"gangsched-{next(counter)}.log", *extra)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+    for p in procs:
+        print(f"--- {p.log_path.name}\n{p.output()[-4000:]}")
+
+
+def names(pods: list[dict]) -> set[str]:
+    return {p["metadata"]["name"] for p in pods}
+
+
+def test_gang_is_bound_whole(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(2, gpus=4)
+    cluster.podgroup("job", 4)
+    start_scheduler()
+    for i in range(3):
+        cluster.pod(f"job-{i}", gpus=2, group="job")
+    time.sleep(2)
+    assert not cluster.bound(), "3 of minMember=4 pods must not be bound"
+    cluster.pod("job-3", gpus=2, group="job")
+    wait_for(lambda: len(cluster.bound()) == 4, what="all 4 bound")
+    use = cluster.gpu_use_ok()
+    assert sorted(len(d) for d in use.values()) == [4, 4]
+    wait_for(lambda: cluster.group_status("job").get("phase") == "Running", what="PodGroup Running")
+    status = cluster.group_status("job")
+    assert status["running"] == 4 and status.get("scheduleStartTime")
+
+
+def test_competing_gangs_one_whole_then_the_other(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(2, gpus=4)  # 8 GPUs; each gang wants 8
+    for g in ("a", "b"):
+        cluster.podgroup(g, 4)
+        for i in range(4):
+            cluster.pod(f"{g}-{i}", gpus=2, group=g)
+    start_scheduler()
+    wait_for(lambda: len(cluster.bound()) == 4, what="one gang bound")
+    time.sleep(1.5)
+    bound = cluster.bound()
+    assert len(bound) == 4 and len({n[0] for n in names(bound)}) == 1, f"not one whole gang: {names(bound)}"
+    winner = next(iter(names(bound)))[0]
+    loser = "b" if winner == "a" else "a"
+    wait_for(lambda: cluster.events(f"{loser}-0", "FailedScheduling"), what="FailedScheduling on the waiting gang")
+    cluster.delete_pods(f"{winner}-")
+    wait_for(lambda: len(cluster.bound(f"{loser}-")) == 4, what="the waiting gang bound after the first left")
+    cluster.gpu_use_ok()
+
+
+def test_interleaved_creation(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(3, gpus=2)  # 6 GPUs; two 4-GPU gangs
+    start_scheduler()
+    cluster.podgroup("x", 4)
+    cluster.podgroup("y", 4)
+    for i in range(4):
+        cluster.pod(f"x-{i}", gpus=1, group="x")
+        cluster.pod(f"y-{i}", gpus=1, group="y")
+    wait_for(lambda: len(cluster.bound()) >= 4, what="a gang bound")
+    time.sleep(2)
+    bound = names(cluster.bound())
+    assert bound in ({f"x-{i}" for i in range(4)}, {f"y-{i}" for i in range(4)}), bound
+    cluster.gpu_use_ok()
+
+
+def test_pod_without_group_and_volcano_annotation(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(1, gpus=8)
+    start_scheduler()
+    cluster.pod("lone", gpus=1)
+    cluster.podgroup("vc", 2)
+    cluster.pod("vc-0", gpus=2, group="vc", volcano=True)
+    cluster.pod("vc-1", gpus=2, group="vc", volcano=True)
+    wait_for(lambda: len(cluster.bound()) == 3, what="lone pod and Volcano-annotated gang bound")
+    cluster.gpu_use_ok()
+    wait_for(lambda: cluster.pods("lone")[0]["status"].get("phase") == "Running", what="KWOK runs the pod")
+
+
+def test_other_schedulers_pods_are_left_alone(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(1, gpus=8)
+    start_scheduler()
+    cluster.pod("theirs", gpus=1, scheduler="someone-else")
+    cluster.pod("ours", gpus=1)
+    wait_for(lambda: cluster.bound("ours"), what="our pod bound")
+    time.sleep(1)
+    assert not cluster.bound("theirs")
+
+
+def test_unsatisfiable_gang_explains_and_binds_nothing(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(2, gpus=4)
+    cluster.podgroup("big", 2)
+    cluster.pod("big-0", gpus=4, group="big")
+    cluster.pod("big-1", gpus=16, group="big")
+    start_scheduler()
+    ev = wait_for(lambda: cluster.events("big-1", "FailedScheduling"), what="FailedScheduling event")
+    assert "16" in ev[0]["message"] and "nvidia.com/gpu" in ev[0]["message"], ev[0]["message"]
+    assert ev[0]["type"] == "Warning" and ev[0]["source"]["component"] == "gangsched"
+    wait_for(lambda: cluster.events("big", "FailedScheduling"), what="event on the PodGroup")
+    assert not cluster.bound()
+    cluster.pod("fits", gpus=4)  # the cluster is not blocked by it
+    wait_for(lambda: cluster.bound("fits"), what="an ordinary pod still bound")
+
+
+def test_insufficient_gpus_message_counts_reasons(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(2, gpus=2)
+    cluster.podgroup("g", 2)
+    cluster.pod("g-0", gpus=2, group="g")
+    cluster.pod("g-1", gpus=2, group="g")
+    cluster.pod("g-2", gpus=2, group="g")
+    cluster.podgroup("h", 2)
+    cluster.pod("h-0", gpus=2, group="h")
+    cluster.pod("h-1", gpus=2, group="h")
+    start_scheduler()
+    wait_for(lambda: len(cluster.bound()) == 2, what="one gang bound")
+    loser = "h" if cluster.bound("g-") else "g"
+    ev = wait_for(lambda: cluster.events(f"{loser}-0", "FailedScheduling"), what="event")
+    assert "Insufficient nvidia.com/gpu" in ev[0]["message"], ev[0]["message"]
+
+
+def test_bad_podgroups_and_pods(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(1, gpus=8)
+    for bad in (0, -1):  # the CRD's schema (minimum: 1) makes the API server itself refuse these
+        with pytest.raises(ApiError) as err:
+            cluster.podgroup(f"bad{bad}", bad)
+        assert err.value.status == 422 and "spec.minMember" in err.value.message
+    start_scheduler()
+    cluster.podgroup("short", 3)  # minMember larger than the pods that exist
+    cluster.pod("short-0", gpus=1, group="short")
+    cluster.pod("short-1", gpus=1, group="short")
+    cluster.pod("orphan-0", gpus=1, group="nosuchgroup")  # labelled, but its PodGroup is missing
+    cluster.pod("huge", gpus=64)  # more GPUs than any node has
+    ev = wait_for(lambda: cluster.events("orphan-0", "FailedScheduling"), what="missing PodGroup event")
+    assert "PodGroup" in ev[0]["message"] and "nosuchgroup" in ev[0]["message"] and "not found" in ev[0]["message"]
+    ev = wait_for(lambda: cluster.events("short-0", "FailedScheduling"), what="minMember event")
+    assert "minMember=3" in ev[0]["message"], ev[0]["message"]
+    ev = wait_for(lambda: cluster.events("huge", "FailedScheduling"), what="too-big pod event")
+    assert "64" in ev[0]["message"], ev[0]["message"]
+    assert not cluster.bound()
+    cluster.podgroup("nosuchgroup", 1)  # the missing group appears: its pod is scheduled
+    wait_for(lambda: cluster.bound("orphan-0"), what="pod bound once its PodGroup exists")
+    cluster.pod("short-2", gpus=1, group="short")  # the third member arrives: the gang goes
+    wait_for(lambda: len(cluster.bound("short-")) == 3, what="gang bound once minMember pods exist")
+    assert not cluster.bound("huge")
+
+
+def test_sigkill_mid_gang_then_restart(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(4, gpus=8)  # 32 GPUs
+    cluster.podgroup("big", 24)
+    for i in range(24):
+        cluster.pod(f"big-{i:02d}", gpus=1, group="big")
+    sched = start_scheduler("--qps", "4", "--burst", "1", "--bind-workers", "2")  # slow binding: a wide window
+    wait_for(lambda: len(cluster.bound()) >= 3, interval=0.05, what="binding under way")
+    sched.kill()
+    partial = len(cluster.bound())
+    assert 0 < partial < 24, f"{partial} bound when killed"
+    # Another gang arrives while nobody schedules; it must not take the GPUs the first gang still needs.
+    cluster.podgroup("other", 2)
+    for i in range(2):
+        cluster.pod(f"other-{i}", gpus=8, group="other")
+    start_scheduler()
+    wait_for(lambda: len(cluster.bound("big-")) == 24, 60, what="the interrupted gang completed")
+    time.sleep(1)
+    assert not cluster.bound("other-"), "the second gang needs 16 GPUs; only 8 are left"
+    cluster.gpu_use_ok()
+
+
+def test_gang_that_cannot_complete_gives_back_its_gpus(cluster: Cluster, start_scheduler):
+    cluster.add_nodes(2, gpus=4)
+    cluster.podgroup("job", 6, timeout=3)
+    for i in range(6):
+        cluster.pod(f"job-{i}", gpus=1, group="job")
+    sched = start_scheduler("--qps", "3", "--burst", "1", "--bind-workers", "1")
+    wait_for(lambda: len(cluster.bound()) >= 2, interval=0.05, what="binding under way")
+    sched.kill()
+    unbound = sorted(names(cluster.pods()) - names(cluster.bound()))
+    assert unbound, "all bound before the kill"
+    cluster.delete_pods(unbound[0])  # a member vanishes, and nobody replaces it
+    cluster.pod("waiting", gpus=4)
+    start_scheduler()
+    # The rest gets bound (the gang has 5 pods for minMember=6: it can never complete) ...
+    ev = wait_for(lambda: cluster.events("job", "GangIncomplete"), 30, what="GangIncomplete event")
+    assert "minMember=6" in ev[0]["message"]
+    wait_for(lambda: not cluster.bound("job-"), 30, what="bound members evicted")
+    wait_for(lambda: cluster.bound("waiting"), 30, what="the freed GPUs used by the waiting pod")
+    cluster.gpu_use_ok()
+
+
+def test_leader_election_one_active_replica(cluster: Cluster, start_scheduler, devcluster):
+    cluster.add_nodes(1, gpus=8)
+    lease = f"gangsched-{cluster.ns}"
+    args = ("--leader-elect", "--lease-namespace", cluster.ns, "--lease-name", lease)
+    first = start_scheduler(*args)
+    holder = wait_for(lambda: _lease_holder(cluster, lease), 20, what="a leader")
+    second = start_scheduler(*args)
+    cluster.pod("p0", gpus=1)
+    wait_for(lambda: cluster.bound("p0"), what="pod bound by the leader")
+    time.sleep(1)
+    assert _lease_holder(cluster, lease) == holder
+    assert "became leader" not in second.output()
+    first.stop()  # a clean stop hands the lease over at once
+    wait_for(lambda: "became leader" in second.output(), 20, what="the second replica to lead")
+    cluster.pod("p1", gpus=1)
+    wait_for(lambda: cluster.bound("p1"), what="pod bound by the new leader")
+
+
+def _lease_holder(cluster: Cluster, name: str) -> str | None:
+    try:
+        lease = cluster.c.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{cluster.ns}/leases/{name}")
+    except ApiError:
+        return None
+    return (lease.get("spec") or {}).get("holderIdentity") or None
+
+
+def test_watch_expiry_is_survived(cluster: Cluster, devcluster):
+    """A watch from a resourceVersion the server no longer has answers 410 Gone; the informer relists."""
+    import queue
+    import threading
+
+    from gangsched.live.informer import PODS, Informer
+
+    client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
+    with pytest.raises(ApiError) as err:
+        list(client.watch(PODS.path, "1", timeout_seconds=5))
+    assert err.value.status == 410
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    informer = Informer(client, PODS, out, stop, watch_timeout=5)
+    informer._watch = _expire_once(informer._watch)  # the server ends the first watch with 410 Gone
+    informer.start()
+    try:
+        cluster.pod("watched", gpus=0)
+        wait_for(lambda: informer.relists >= 2, 20, what="a relist after 410")
+        seen = []
+        wait_for(lambda: _drain_names(out, seen) and "watched" in seen, 20, what="the pod seen after relist")
+    finally:
+        stop.set()
+
+
+def _expire_once(watch):
+    state = {"done": False}
+
+    def wrapped(rv: str) -> str:
+        if not state["done"]:
+            state["done"] = True
+            return watch("1")  # a resourceVersion long compacted: the real server answers 410 Gone
+        return watch(rv)
+    return wrapped
+
+
+def _drain_names(out, seen: list[str]) -> bool:
+    while not out.empty():
+        _kind, typ, obj = out.get_nowait()
+        for o in obj if typ == "SYNC" else [obj]:
+            seen.append(o["metadata"]["name"])
+    return True
