@@ -10,6 +10,7 @@ from gangsched.profile import ProfileError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gangsched.devcluster import cli as devcluster
     from gangsched.sim import packing, timed
 
     parser = argparse.ArgumentParser(prog="gangsched", description="GPU-aware gang scheduler for Kubernetes")
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gangsched.live import run
 
     run.add_arguments(sub.add_parser("run", help="schedule pods on a Kubernetes cluster (secondary scheduler)"))
+    devcluster.add_arguments(sub.add_parser("devcluster", help="a local control plane: etcd, kube-apiserver, KWOK"))
     return parser
 
 

@@ -1,0 +1,89 @@
+"""`gangsched devcluster up|down|status|build`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from gangsched.devcluster.binaries import BinariesError, ensure_binaries
+from gangsched.devcluster.cluster import DevCluster, DevClusterError, default_state_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    def with_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--dir", type=Path, default=None,
+                       help=f"state directory (default {default_state_dir()}, under $XDG_CACHE_HOME)")
+        return p
+
+    up = with_dir(sub.add_parser("up", help="start etcd, kube-apiserver and KWOK on loopback (builds binaries once)"))
+    up.add_argument("--nodes", type=int, default=0, help="fake GPU nodes to create (default 0)")
+    up.add_argument("--gpus-per-node", type=int, default=8)
+    up.add_argument("--gpu-model", default="A100")
+    up.add_argument("--racks", type=int, default=1, help="racks to spread the fake nodes over")
+    up.set_defaults(run=run_up)
+    down = with_dir(sub.add_parser("down", help="stop the cluster and delete its state directory"))
+    down.add_argument("--keep", action="store_true", help="keep the state directory (logs, etcd data)")
+    down.set_defaults(run=run_down)
+    with_dir(sub.add_parser("status", help="print the cluster's processes and readiness as JSON")).set_defaults(
+        run=run_status)
+    sub.add_parser("build", help="build (or find cached) kube-apiserver, kube-scheduler, coscheduler and kwok"
+                   ).set_defaults(run=run_build)
+
+
+def _errors(fn):  # type: ignore[no-untyped-def]
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (BinariesError, DevClusterError) as e:
+            print(f"gangsched devcluster: error: {e}")
+            return 1
+    return wrapped
+
+
+@_errors
+def run_build(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    b = ensure_binaries()
+    for name, path in vars(b).items():
+        print(f"{name:15s} {path}")
+    print(f"ready in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
+@_errors
+def run_up(args: argparse.Namespace) -> int:
+    cluster = DevCluster(args.dir)
+    was_running = cluster.running()
+    cluster.up()
+    if was_running:
+        print(f"devcluster already running: {cluster.server}")
+    if args.nodes:
+        from gangsched.devcluster.nodes import create_gpu_nodes
+
+        t0 = time.monotonic()
+        with cluster.api_client() as api:
+            create_gpu_nodes(api, args.nodes, gpus=args.gpus_per_node, gpu_model=args.gpu_model,
+                             racks_per_zone=args.racks)
+        print(f"created {args.nodes} fake GPU nodes ({args.gpus_per_node} x {args.gpu_model}) "
+              f"in {time.monotonic() - t0:.1f} s")
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+@_errors
+def run_down(args: argparse.Namespace) -> int:
+    cluster = DevCluster(args.dir)
+    cluster.down(keep=args.keep)
+    print(f"devcluster in {cluster.state_dir} stopped" + (" (state kept)" if args.keep else ""))
+    return 0
+
+
+@_errors
+def run_status(args: argparse.Namespace) -> int:
+    st = DevCluster(args.dir).status()
+    print(json.dumps(st, indent=2))
+    return 0 if st["ready"] else 3
