@@ -1,0 +1,52 @@
+"""Fixtures for tests against a real local control plane (etcd + kube-apiserver + KWOK, see gangsched.devcluster).
+
+The first run builds the control-plane binaries (several minutes, cached afterwards); integration tests never skip
+for want of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gangsched.devcluster import DevCluster, ensure_binaries
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    binaries = ensure_binaries(progress=lambda msg: print(msg, flush=True))
+    cluster = DevCluster(tmp_path_factory.mktemp("devcluster"), binaries=binaries)
+    cluster.up(progress=lambda msg: None)
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def kube(devcluster: DevCluster) -> Iterator[Any]:
+    """A `kubernetes.client.ApiClient` with the cluster's admin identity."""
+    with devcluster.api_client() as api:
+        yield api
+
+
+@pytest.fixture
+def namespace(kube: Any) -> str:
+    """A fresh namespace per test. Never deleted: without a controller-manager it would stay Terminating anyway,
+    and names are unique, so leftovers cannot collide."""
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
+    return name
