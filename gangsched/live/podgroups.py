@@ -52,6 +52,7 @@ class StatusWriter:
     def __init__(self, client: KubeClient):
         self.client = client
         self._pending: dict[str, dict] = {}
+        self._last: dict[str, dict] = {}  # last status written per group
         self._cond = threading.Condition()
         self._closed = False
         self.written = 0
@@ -59,6 +60,12 @@ class StatusWriter:
         self._thread.start()
 
     def write(self, key: str, status: dict) -> None:
+        last = self._last.get(key)
+        if last is not None and "scheduleStartTime" in status and "scheduleStartTime" in last:
+            status["scheduleStartTime"] = last["scheduleStartTime"]  # the watch has not shown our write yet
+        if status == last:
+            return
+        self._last[key] = status
         with self._cond:
             self._pending[key] = status
             self._cond.notify()

@@ -92,6 +92,7 @@ class LiveScheduler:
         self.gangs: dict[str, GangTrack] = {}
         self.groups: dict[str, PodGroup | str] = {}  # key -> PodGroup, or the error in its spec
         self.group_objs: dict[str, dict] = {}
+        self.group_members: dict[str, set[str]] = {}  # PodGroup key -> keys of pods naming it
         self.priority_classes: dict[str, int] = {}
         self.assumed: dict[str, BindRequest] = {}  # pod key -> binding in flight
         self.freed = 0  # bumped whenever capacity is released or nodes change
@@ -252,6 +253,7 @@ class LiveScheduler:
         self.pods[key] = info
         if info.group:
             self.dirty_groups.add(info.group)
+            self.group_members.setdefault(info.group, set()).add(key)
         pending = info.ours and info.node is None and not meta.get("deletionTimestamp") and info.phase not in TERMINAL
         track = self.gangs.get(info.gang)
         if pending and key not in self.assumed:
@@ -311,6 +313,9 @@ class LiveScheduler:
         if info is None:
             return
         self._release(key)
+        self.assumed.pop(key, None)  # its binding fails (404/409) and is ignored
+        if info.group:
+            self.group_members.get(info.group, set()).discard(key)
         track = self.gangs.get(info.gang)
         if track is not None:
             track.pending.pop(key, None)
@@ -441,33 +446,36 @@ class LiveScheduler:
         req = out.request
         key = f"{req.namespace}/{req.name}"
         self.bind_seconds.append(out.seconds)
-        if out.error is None:
-            self.stats["pods_bound"] += 1
-            info = self.pods.get(key)
-            if info is not None and info.node is None:
-                info.node = req.node  # the watch will confirm; until then it counts as bound for its gang
-            return
-        self.stats["bind_errors"] += 1
         err = out.error
-        if key in self.assumed and err.retriable and req.attempt + 1 < BIND_RETRIES:
+        if err is not None:
+            self.stats["bind_errors"] += 1
+        if err is None or (err.status == 409 and "already assigned" in err.message):
+            # 409: an earlier attempt whose answer we lost did bind it. The watch confirms either way and
+            # re-accounts the pod if it landed elsewhere; until then its reservation stands.
+            self.stats["pods_bound"] += err is None
+            info = self.pods.get(key)
+            if info is not None and info.node is None and self.assumed.get(key) == req:
+                info.node = req.node  # counts as bound for its gang until the watch says so
+            return
+        if self.assumed.get(key) != req:
+            return  # the pod was deleted (or re-created) meanwhile
+        if err.retriable and req.attempt + 1 < BIND_RETRIES:
             retry = BindRequest(**{**req.__dict__, "attempt": req.attempt + 1})
-            self.assumed[key] = retry
+            self.assumed[key] = retry  # the reservation stays while we retry
             self.binder.submit(retry, delay=min(0.2 * 2 ** req.attempt, 5.0))
             return
         log.warning("binding %s to %s failed: %s", key, req.node, err)
-        if self.assumed.get(key) == req:
-            self.assumed.pop(key)
-            self._release(key)
-            track = self.gangs.get(req.gang)
-            if track is not None:
-                track.bound.discard(key)
-                info = self.pods.get(key)
-                if info is not None and info.node is None and err.status != 404:
-                    track.pending[key] = info  # try it again; the incomplete-gang timer guards the rest
-                    self._wake(req.gang)
-            info = self.pods.get(key)
-            if info is not None and err.status not in (404, 409):
-                self._event(info.obj, "Pod", "FailedBinding", f"binding to {req.node} failed: {err}")
+        self.assumed.pop(key)
+        self._release(key)
+        info = self.pods.get(key)
+        track = self.gangs.get(req.gang)
+        if track is not None:
+            track.bound.discard(key)
+            if info is not None and info.node is None and err.status != 404:
+                track.pending[key] = info  # try it again; the incomplete-gang timer guards the rest
+                self._wake(req.gang)
+        if info is not None and err.status != 404:
+            self._event(info.obj, "Pod", "FailedBinding", f"binding to {req.node} failed: {err}")
 
     # ---- incomplete gangs -----------------------------------------------------------------------------------
     def _check_incomplete(self, now: float) -> None:
@@ -517,17 +525,14 @@ class LiveScheduler:
     def _flush_status(self) -> None:
         if not self.dirty_groups:
             return
-        members: dict[str, list[PodInfo]] = {g: [] for g in self.dirty_groups}
-        for p in self.pods.values():
-            if p.group in members:
-                members[p.group].append(p)
         for key in self.dirty_groups:
             obj = self.group_objs.get(key)
             group = self.groups.get(key)
             if obj is None or not isinstance(group, PodGroup):
                 continue
-            assumed = sum(1 for p in members[key] if p.key in self.assumed)
-            status = group_status(obj, group, members[key], assumed)
+            members = [self.pods[k] for k in self.group_members.get(key, ()) if k in self.pods]
+            assumed = sum(1 for p in members if p.key in self.assumed and p.node is None)
+            status = group_status(obj, group, members, assumed)
             if status is not None:
                 self.status.write(key, status)
         self.dirty_groups.clear()
