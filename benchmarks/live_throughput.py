@@ -1,0 +1,743 @@
+"""Throughput of the live scheduler on a real local control plane, beside its peers, measured in the same run.
+
+    .venv/bin/python benchmarks/live_throughput.py                          # 1,000 and 5,000 nodes, 2,000 pods
+    .venv/bin/python benchmarks/live_throughput.py --nodes 200 --pods 400   # a quick look
+    .venv/bin/python benchmarks/live_throughput.py --kubeconfig ~/.cache/gangsched/devcluster/kubeconfig
+
+Cluster: a DevCluster (etcd + kube-apiserver + KWOK) in a temporary state dir, or a running one given by
+`--kubeconfig`. Fake nodes of 8 nvidia.com/gpu, 64 cpu, 512Gi are added up to each `--nodes` size and waited
+for until Ready. In a cluster of our own KWOK is then stopped: with no node-lifecycle controller the nodes stay
+Ready, and KWOK's heartbeats and pod status updates would be apiserver load unrelated to scheduling (nodes
+added later, for a larger size, get KWOK's Ready condition from us). Our nodes carry the label
+`gangsched.io/bench=<run>` and every pod selects it, so nothing lands on other nodes of a shared cluster.
+
+Workloads (N = `--pods`):
+  single   N pods, each 1 GPU, 1 cpu, 1Gi, no group
+  gang8    N/8 PodGroups (scheduling.x-k8s.io/v1alpha1, minMember 8) of 8 such pods each
+
+Schedulers, each on each workload in a fresh namespace:
+  gangsched           `python -m gangsched.cli run --qps Q --burst B --bind-workers W --no-events`
+  kube-scheduler      kube-scheduler 1.34 with deploy/kube-scheduler-config.yaml: client QPS 50 / burst 100
+  kube-scheduler-qps  the same with clientConnection qps/burst = Q/B
+  coscheduler         scheduler-plugins' scheduler with deploy/coscheduler-config.yaml at Q/B
+  ceiling             a process that only posts the bindings (round-robin over nodes with free GPUs) through
+                      gangsched's Binder and KubeClient with the same Q/B and W: what binding alone allows
+
+Protocol per (scheduler, workload): create every PodGroup and pod first with no scheduler running, start a
+watch on the namespace's pods (the local monotonic time each pod is first seen with spec.nodeName), start the
+scheduler, wait until all N pods are bound (or `--timeout`: the partial result is kept), stop it, then delete
+the pods (gracePeriodSeconds=0) and PodGroups and wait until they are gone.
+
+Columns: `pods/s` = N / (last bind - first bind); `incl start` = N / (last bind - scheduler start), start-up
+included; `1st bind s` = first bind - start; gang spread = last - first member bound per gang (p50/p99/max);
+`done p50/p99` = when a gang (or a single pod) was complete, seconds since start; `partial` = gangs with some
+but not all members bound at the end; `gs/x` = gangsched's pods/s over this row's (on the ceiling row: the
+fraction of the ceiling gangsched reaches).
+
+`--profile-scheduler` adds one more gangsched run (largest size, gang8, not in the table) under cProfile, one
+profiler per thread, and writes the top functions per thread group to results/live_profile.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+try:  # run from a checkout without installing the package
+    import gangsched  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT))
+
+from gangsched.devcluster import DevCluster, DevClusterError, ProcessHandle, delete_nodes  # noqa: E402
+from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
+from gangsched.devcluster.nodes import GPU_RESOURCE, gpu_node_manifest  # noqa: E402
+from gangsched.live.binder import Binder, BindRequest  # noqa: E402
+from gangsched.live.kube import ApiError, KubeClient, now_rfc3339  # noqa: E402
+from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
+from gangsched.sim.report import table, write_json  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_OUT = RESULTS / "live_throughput.json"
+PROFILE_OUT = RESULTS / "live_profile.txt"
+DEPLOY = ROOT / "deploy"
+BENCH_LABEL = "gangsched.io/bench"
+PG_API = "/apis/scheduling.x-k8s.io/v1alpha1"
+GANG = 8
+SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "ceiling")
+PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler")
+WORKLOADS = ("single", "gang8")
+# spec.schedulerName of the pods each scheduler serves; nobody serves the ceiling's.
+SCHEDULER_NAME = {"gangsched": "gangsched", "kube-scheduler": "default-scheduler",
+                  "kube-scheduler-qps": "default-scheduler", "coscheduler": "coscheduler", "ceiling": "bench-ceiling"}
+
+
+# ---- objects ------------------------------------------------------------------------------------------------
+def pod_manifest(name: str, scheduler_name: str, run: str, group: str | None) -> dict[str, Any]:
+    res = {"cpu": "1", "memory": "1Gi", GPU_RESOURCE: "1"}  # extended resources need limits == requests
+    labels = {"app": "live-throughput"}
+    if group:
+        labels[POD_GROUP_LABEL] = group
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+        "spec": {"schedulerName": scheduler_name, "nodeSelector": {BENCH_LABEL: run},
+                 "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": {"requests": res, "limits": res}}]},
+    }
+
+
+def podgroup_manifest(name: str) -> dict[str, Any]:
+    return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": name},
+            "spec": {"minMember": GANG}}
+
+
+@dataclass
+class Workload:
+    name: str
+    pods: list[str]
+    gang_of: dict[str, str]  # pod -> gang; empty for single pods
+
+    @classmethod
+    def build(cls, name: str, n: int) -> Workload:
+        if name == "single":
+            return cls(name, [f"p{i:05d}" for i in range(n)], {})
+        gang_of = {f"g{g:04d}-{m}": f"g{g:04d}" for g in range(n // GANG) for m in range(GANG)}
+        return cls(name, list(gang_of), gang_of)
+
+    @property
+    def gangs(self) -> list[str]:
+        return sorted(set(self.gang_of.values()))
+
+
+def parallel(fn: Any, items: list[Any], workers: int) -> None:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, items):  # re-raises the first failure
+            pass
+
+
+def create_objects(client: KubeClient, ns: str, wl: Workload, scheduler_name: str, run: str,
+                   workers: int = 16) -> None:
+    """PodGroups first, then pods, from a thread pool (client with qps 0: not rate limited)."""
+    parallel(lambda g: client.request("POST", f"{PG_API}/namespaces/{ns}/podgroups", podgroup_manifest(g),
+                                      limit=False), wl.gangs, workers)
+    parallel(lambda p: client.request("POST", f"/api/v1/namespaces/{ns}/pods",
+                                      pod_manifest(p, scheduler_name, run, wl.gang_of.get(p)), limit=False),
+             wl.pods, workers)
+
+
+def delete_objects(client: KubeClient, ns: str, timeout: float = 120.0) -> float:
+    """Delete the namespace's pods at once (grace 0: no kubelet would confirm) and its PodGroups; wait until
+    gone. Returns the seconds it took."""
+    t0 = time.monotonic()
+    opts = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
+    client.request("DELETE", f"/api/v1/namespaces/{ns}/pods", opts, query={"gracePeriodSeconds": 0},
+                   timeout=timeout, limit=False)
+    with contextlib.suppress(ApiError):  # the CRD may be missing on a foreign cluster
+        client.request("DELETE", f"{PG_API}/namespaces/{ns}/podgroups", opts, timeout=timeout, limit=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = client.request("GET", f"/api/v1/namespaces/{ns}/pods", query={"limit": 1}, limit=False)
+        if not left.get("items"):
+            break
+        time.sleep(0.5)
+    else:
+        print(f"  warning: pods of {ns} still present after {timeout:.0f} s", flush=True)
+    return time.monotonic() - t0
+
+
+# ---- nodes --------------------------------------------------------------------------------------------------
+def node_name(run: str, i: int) -> str:
+    return f"lt-{run}-{i:05d}"
+
+
+def add_nodes(client: KubeClient, run: str, have: int, want: int, workers: int = 32) -> list[str]:
+    """Create fake GPU nodes have..want-1 (racks of 40), labelled for this run."""
+    def create(i: int) -> None:
+        body = gpu_node_manifest(node_name(run, i), gpus=8, cpu="64", memory="512Gi", rack=f"rack-{i // 40}",
+                                 labels={BENCH_LABEL: run})
+        client.request("POST", "/api/v1/nodes", body, limit=False)
+
+    parallel(create, list(range(have, want)), workers)
+    return [node_name(run, i) for i in range(have, want)]
+
+
+def _ready(node: dict[str, Any]) -> bool:
+    conds = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+
+
+def wait_nodes_ready(client: KubeClient, run: str, count: int, timeout: float = 600.0) -> float:
+    t0 = time.monotonic()
+    while True:
+        nodes, _ = client.list_all("/api/v1/nodes", {"labelSelector": f"{BENCH_LABEL}={run}"})
+        ready = sum(1 for n in nodes if _ready(n))
+        if ready >= count:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"only {ready} of {count} nodes Ready after {timeout:.0f} s")
+        time.sleep(1.0)
+
+
+def mark_ready(client: KubeClient, names: list[str], workers: int = 32) -> None:
+    """The Ready condition KWOK would write, for nodes added after we stopped KWOK."""
+    def patch(name: str) -> None:
+        now = now_rfc3339()
+        cond = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "set by live_throughput",
+                "lastHeartbeatTime": now, "lastTransitionTime": now}
+        client.request("PATCH", f"/api/v1/nodes/{name}/status", {"status": {"conditions": [cond]}},
+                       content_type="application/strategic-merge-patch+json", limit=False)
+
+    parallel(patch, names, workers)
+
+
+# ---- watching binds -----------------------------------------------------------------------------------------
+class BindWatcher:
+    """Records the local monotonic time at which each pod of the namespace is first seen bound."""
+
+    def __init__(self, client: KubeClient, ns: str, expected: int):
+        self.client = client
+        self.path = f"/api/v1/namespaces/{ns}/pods"
+        self.expected = expected
+        self.bound: dict[str, float] = {}
+        self.node_of: dict[str, str] = {}
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.rv = self._list()  # before the scheduler starts: nothing is bound yet
+        self.thread = threading.Thread(target=self._run, name="bind-watcher", daemon=True)
+
+    def start(self) -> BindWatcher:
+        self.thread.start()
+        return self
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        node = (obj.get("spec") or {}).get("nodeName")
+        if node and name not in self.bound:
+            self.bound[name] = time.monotonic()
+            self.node_of[name] = node
+            if len(self.bound) >= self.expected:
+                self.done.set()
+
+    def _list(self) -> str:
+        items, rv = self.client.list_all(self.path)
+        for obj in items:
+            self._see(obj)
+        return rv
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and not self.done.is_set():
+            try:
+                for ev in self.client.watch(self.path, self.rv, timeout_seconds=30):
+                    obj = ev.get("object") or {}
+                    if ev.get("type") == "ERROR":
+                        raise ApiError(int(obj.get("code", 0)), obj.get("reason", ""), obj.get("message", ""))
+                    self.rv = (obj.get("metadata") or {}).get("resourceVersion") or self.rv
+                    if ev.get("type") in ("ADDED", "MODIFIED"):
+                        self._see(obj)
+                    if self.done.is_set() or self.stop.is_set():
+                        return
+            except ApiError as e:  # 410 Gone or a dropped stream: relist (binds seen late get the relist time)
+                print(f"  watcher: {e}; relisting", flush=True)
+                time.sleep(0.2)
+                with contextlib.suppress(ApiError):
+                    self.rv = self._list()
+
+
+# ---- schedulers -----------------------------------------------------------------------------------------------
+@dataclass
+class Options:
+    kubeconfig: Path
+    qps: float
+    burst: int
+    workers: int
+    timeout: float
+    log_dir: Path
+    cluster: DevCluster | None  # peers need its binaries and scheduler API
+
+
+@dataclass
+class Running:
+    """A scheduler under test: our own subprocess or a DevCluster ProcessHandle."""
+
+    name: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    handle: ProcessHandle | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.handle is not None and self.handle.alive()
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+            return self.proc.returncode
+        if self.handle is not None:
+            self.handle.stop()
+            with contextlib.suppress(OSError):  # the cluster's state dir (and its logs) may be deleted later
+                shutil.copyfile(self.handle.log, self.log)
+        return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        path = self.handle.log if self.handle is not None and self.handle.log.exists() else self.log
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def scheduler_config(path: Path, kubeconfig: Path, qps: float | None, burst: int | None) -> dict[str, Any]:
+    """A deploy/ scheduler config with the clientConnection it leaves to the harness (see its comments)."""
+    cfg = yaml.safe_load(path.read_text())
+    conn: dict[str, Any] = {"kubeconfig": str(kubeconfig)}
+    if qps is not None:
+        conn.update(qps=qps, burst=burst)
+    cfg["clientConnection"] = conn
+    return cfg
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=ROOT)
+
+
+def start_scheduler(which: str, opt: Options, ns: str, run: str, tag: str,
+                    profile_to: Path | None = None) -> Running:
+    log = opt.log_dir / f"{tag}.log"
+    common = ["--kubeconfig", str(opt.kubeconfig), "--qps", str(opt.qps), "--burst", str(opt.burst)]
+    if which == "gangsched":
+        args = ["run", *common, "--bind-workers", str(opt.workers), "--no-events", "--log-level", "WARNING"]
+        if profile_to is not None:
+            cmd = [sys.executable, __file__, "profiled-run", "--profile-out", str(profile_to), "--", *args]
+        else:
+            cmd = [sys.executable, "-m", "gangsched.cli", *args]
+        return Running(which, log, proc=_spawn(cmd, log))
+    if which == "ceiling":
+        cmd = [sys.executable, __file__, "ceiling", *common, "--bind-workers", str(opt.workers), "--namespace", ns,
+               "--node-selector", f"{BENCH_LABEL}={run}"]
+        return Running(which, log, proc=_spawn(cmd, log))
+    if opt.cluster is None:
+        raise DevClusterError(f"{which} needs a DevCluster (its binaries and state dir); --kubeconfig points "
+                              "outside one")
+    if which in ("kube-scheduler", "kube-scheduler-qps"):
+        qps = (opt.qps, opt.burst) if which == "kube-scheduler-qps" else (None, None)
+        cfg = scheduler_config(DEPLOY / "kube-scheduler-config.yaml", opt.kubeconfig, *qps)
+        h = opt.cluster.start_kube_scheduler(name=f"bench-{which}", config=cfg, timeout=120)
+    elif which == "coscheduler":
+        cfg = scheduler_config(DEPLOY / "coscheduler-config.yaml", opt.kubeconfig, opt.qps, opt.burst)
+        h = opt.cluster.start_coscheduler(name="bench", config=cfg, timeout=120)
+    else:
+        raise ValueError(which)
+    return Running(which, log, handle=h)
+
+
+# ---- one measurement ------------------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def measure(which: str, wl: Workload, n_nodes: int, opt: Options, admin: KubeClient, run: str,
+            profile_to: Path | None = None) -> dict[str, Any]:
+    tag = f"{n_nodes}-{wl.name}-{which}" + ("-profiled" if profile_to else "")
+    ns = f"lt-{run}-{tag}"[:63]
+    admin.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}}, limit=False)
+    t0 = time.monotonic()
+    create_objects(admin, ns, wl, SCHEDULER_NAME[which], run)
+    create_s = time.monotonic() - t0
+    watcher = BindWatcher(admin, ns, len(wl.pods)).start()
+    start = time.monotonic()
+    sched: Running | None = None
+    error = None
+    try:
+        sched = start_scheduler(which, opt, ns, run, tag, profile_to)
+        deadline = start + opt.timeout
+        while not watcher.done.wait(0.5):
+            if time.monotonic() > deadline:
+                error = f"timed out after {opt.timeout:.0f} s"
+                break
+            if not sched.alive() and which != "ceiling":
+                error = "scheduler exited"
+                break
+            if which == "ceiling" and not sched.alive():
+                watcher.done.wait(5.0)  # its last bindings may still be on their way through the watch
+                if not watcher.done.is_set():
+                    error = "ceiling exited before all pods were bound"
+                break
+    except DevClusterError as e:
+        error = f"did not start: {e}"
+    finally:
+        watcher.stop.set()
+        stop_s = time.monotonic()
+        rc = sched.stop() if sched is not None else None
+        stop_s = time.monotonic() - stop_s
+    row = summarize(which, wl, n_nodes, start, watcher)
+    row.update(namespace=ns, create_s=round(create_s, 2), stop_s=round(stop_s, 2), exit_code=rc,
+               log=str(sched.log) if sched else None)
+    if error:
+        row["error"] = error
+        row["log_tail"] = sched.log_tail() if sched else ""
+        print(f"  {tag}: {error}; log tail:\n{row['log_tail']}", flush=True)
+    row["delete_s"] = round(delete_objects(admin, ns), 2)
+    return row
+
+
+def summarize(which: str, wl: Workload, n_nodes: int, start: float, w: BindWatcher) -> dict[str, Any]:
+    n = len(wl.pods)
+    times = sorted(w.bound.values())
+    nan = float("nan")
+    first, last = (times[0], times[-1]) if times else (nan, nan)
+    span = last - first
+    row: dict[str, Any] = {
+        "nodes": n_nodes, "workload": wl.name, "scheduler": which, "pods": n, "bound": len(times),
+        "pods_per_s": n / span if len(times) == n and span > 0 else nan,
+        "pods_per_s_incl_start": n / (last - start) if len(times) == n else nan,
+        "bound_per_s": len(times) / span if len(times) > 1 and span > 0 else nan,  # partial runs too
+        "first_bind_s": first - start, "last_bind_s": last - start,
+        "nodes_used": len(set(w.node_of.values())),
+    }
+    if not wl.gang_of:
+        done = [t - start for t in times]
+        row.update(done_p50_s=pct(done, 50), done_p99_s=pct(done, 99))
+        return row
+    members: dict[str, list[float]] = {}
+    for pod, gang in wl.gang_of.items():
+        if pod in w.bound:
+            members.setdefault(gang, []).append(w.bound[pod])
+    complete = {g: ts for g, ts in members.items() if len(ts) == GANG}
+    spread = [(max(ts) - min(ts)) * 1e3 for ts in complete.values()]
+    done = [max(ts) - start for ts in complete.values()]
+    row.update(gangs=len(wl.gangs), gangs_complete=len(complete),
+               partial_gangs=sum(1 for ts in members.values() if len(ts) < GANG),
+               spread_p50_ms=pct(spread, 50), spread_p99_ms=pct(spread, 99),
+               spread_max_ms=max(spread) if spread else nan, done_p50_s=pct(done, 50), done_p99_s=pct(done, 99))
+    return row
+
+
+# ---- the ceiling process ----------------------------------------------------------------------------------------
+def ceiling_main(args: argparse.Namespace) -> int:
+    """Post one binding per pending pod, round-robin over nodes with free GPUs, with gangsched's Binder."""
+    client = KubeClient.load(str(args.kubeconfig), qps=args.qps, burst=args.burst, pool_size=args.bind_workers + 8)
+    nodes, _ = client.list_all("/api/v1/nodes", {"labelSelector": args.node_selector})
+    names = sorted(n["metadata"]["name"] for n in nodes)
+    free = {n["metadata"]["name"]: int(n["status"]["allocatable"].get(GPU_RESOURCE, 0)) for n in nodes}
+    total = dict(free)
+    pods, _ = client.list_all(f"/api/v1/namespaces/{args.namespace}/pods")
+    pending = sorted((p for p in pods if not p["spec"].get("nodeName")), key=lambda p: p["metadata"]["name"])
+    out: queue.Queue = queue.Queue()
+    binder = Binder(client, out, args.bind_workers)
+    i = 0
+    for p in pending:
+        for _ in range(len(names)):
+            node = names[i % len(names)]
+            i += 1
+            if free[node] >= 1:
+                break
+        else:
+            print(f"no free GPU left for {p['metadata']['name']}", flush=True)
+            break
+        used = total[node] - free[node]
+        free[node] -= 1
+        binder.submit(BindRequest(args.namespace, p["metadata"]["name"], p["metadata"].get("uid", ""), node,
+                                  (used,), gang=""))
+    binder.shutdown()
+    errors = []
+    while not out.empty():
+        outcome = out.get_nowait()[2]
+        if outcome.error is not None:
+            errors.append(f"{outcome.request.name}: {outcome.error}")
+    print(f"ceiling: {len(pending)} bindings posted, {len(errors)} failed, {client.requests} requests", flush=True)
+    for e in errors[:10]:
+        print(f"  {e}", flush=True)
+    return 1 if errors else 0
+
+
+# ---- profiling gangsched ----------------------------------------------------------------------------------------
+PROFILE_GROUPS = (("scheduling loop (main thread)", "MainThread"), ("bind workers", "bind"),
+                  ("informers", "informer"), ("other threads", ""))
+
+
+def profiled_run_main(args: argparse.Namespace, run_args: list[str]) -> int:
+    """`gangsched run` with one cProfile per thread (python -m cProfile sees only the main thread, and the
+    bindings and watch decoding run in others); dumps one .prof per thread group at exit."""
+    import cProfile
+    import pstats
+
+    from gangsched import cli
+
+    profiles: list[tuple[str, cProfile.Profile]] = []
+    lock = threading.Lock()
+    original = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile()
+        with lock:
+            profiles.append((self.name, prof))
+        prof.enable()
+        try:
+            original(self)
+        finally:
+            prof.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    main_prof = cProfile.Profile()
+    main_prof.enable()
+    try:
+        rc = cli.main(run_args)
+    finally:
+        main_prof.disable()
+        with lock:
+            everything = [("MainThread", main_prof), *profiles]
+        for label, prefix in PROFILE_GROUPS:
+            picked = [p for name, p in everything if (name.startswith(prefix) if prefix else not any(
+                name.startswith(q) for _, q in PROFILE_GROUPS[:-1]))]
+            stats = None
+            for p in picked:
+                with contextlib.suppress(TypeError, ValueError):  # a thread still running may have no stats
+                    p.create_stats()
+                    stats = pstats.Stats(p) if stats is None else stats.add(p)
+            if stats is not None:
+                stats.dump_stats(f"{args.profile_out}.{prefix or 'other'}")
+            print(f"profiled {label}: {len(picked)} thread(s)", flush=True)
+    return rc
+
+
+def profile_report(base: Path, top: int = 25) -> str:
+    import io
+    import pstats
+
+    parts = []
+    for label, prefix in PROFILE_GROUPS:
+        path = Path(f"{base}.{prefix or 'other'}")
+        if not path.exists():
+            continue
+        buf = io.StringIO()
+        stats = pstats.Stats(str(path), stream=buf)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        buf.write(f"==== {label}: {total:.2f} s of profiled wall time (sum over the group's threads) ====\n")
+        stats.sort_stats("cumulative").print_stats(top)
+        parts.append(buf.getvalue())
+    return "\n".join(parts)
+
+
+# ---- driver -----------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", default="1000,5000", help="comma-separated cluster sizes, ascending")
+    p.add_argument("--pods", type=int, default=2000, help="pods per workload (a multiple of 8)")
+    p.add_argument("--qps", type=float, default=5000.0, help="client QPS of gangsched, the ceiling and the peers")
+    p.add_argument("--burst", type=int, default=10000, help="client burst, as --qps")
+    p.add_argument("--bind-workers", type=int, default=16, help="concurrent bindings (gangsched and the ceiling)")
+    p.add_argument("--schedulers", default=",".join(SCHEDULERS), help=f"subset of {','.join(SCHEDULERS)}")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all pods of one run")
+    p.add_argument("--kubeconfig", type=Path, help="a running cluster (default: start a DevCluster in a temp dir)")
+    p.add_argument("--keep-kwok", action="store_true", help="leave KWOK running in a cluster of our own")
+    p.add_argument("--profile-scheduler", action="store_true",
+                   help="one extra gangsched run under cProfile (largest size, gang8); see results/live_profile.txt")
+    p.add_argument("--profile-out", type=Path, default=PROFILE_OUT)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path (the table goes beside, .txt)")
+    args = p.parse_args(argv)
+    if args.pods <= 0 or args.pods % GANG:
+        p.error(f"--pods must be a positive multiple of {GANG}")
+    return args
+
+
+def sub_main(argv: list[str]) -> int:
+    """The helper processes: `ceiling ...` and `profiled-run --profile-out F -- <gangsched run args>`."""
+    if argv[0] == "profiled-run":
+        split = argv.index("--")
+        p = argparse.ArgumentParser(prog="live_throughput.py profiled-run")
+        p.add_argument("--profile-out", type=Path, required=True)
+        return profiled_run_main(p.parse_args(argv[1:split]), argv[split + 1:])
+    p = argparse.ArgumentParser(prog="live_throughput.py ceiling")
+    for flag, typ in (("--kubeconfig", Path), ("--qps", float), ("--burst", int), ("--bind-workers", int),
+                      ("--namespace", str), ("--node-selector", str)):
+        p.add_argument(flag, type=typ, required=True)
+    return ceiling_main(p.parse_args(argv[1:]))
+
+
+def find_devcluster(kubeconfig: Path) -> DevCluster | None:
+    """The DevCluster whose state dir holds this kubeconfig, if any (the peers are started through it)."""
+    state = kubeconfig.resolve().parent
+    return DevCluster(state) if (state / "cluster.json").exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("ceiling", "profiled-run"):
+        return sub_main(argv)
+    args = parse_args(argv)
+    sizes = sorted(int(x) for x in args.nodes.split(",") if x.strip())
+    schedulers = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = [s for s in schedulers if s not in SCHEDULERS] + [w for w in workloads if w not in WORKLOADS]
+    if bad:
+        print(f"unknown scheduler or workload: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    run = uuid.uuid4().hex[:6]
+    log_dir = Path(tempfile.mkdtemp(prefix="live-throughput-logs-"))
+    own = args.kubeconfig is None
+    cluster: DevCluster | None = None
+    started, load_before = time.time(), _load()
+    admin: KubeClient | None = None
+    created = 0
+    kwok_stopped = False
+    runs: list[dict[str, Any]] = []
+    setup: dict[str, Any] = {}
+    try:
+        if own:
+            cluster = DevCluster(tmp_state_dir("live-throughput-")).up()
+            kubeconfig = cluster.kubeconfig
+        else:
+            kubeconfig = args.kubeconfig
+            cluster = find_devcluster(kubeconfig)
+        opt = Options(kubeconfig, args.qps, args.burst, args.bind_workers, args.timeout, log_dir, cluster)
+        admin = KubeClient.load(str(kubeconfig), qps=0, burst=1, pool_size=40)
+        print(f"run {run}: logs in {log_dir}", flush=True)
+        for n in sizes:
+            t0 = time.monotonic()
+            names = add_nodes(admin, run, created, n)
+            created = n
+            create_s = time.monotonic() - t0
+            if kwok_stopped:
+                mark_ready(admin, names)
+            ready_s = wait_nodes_ready(admin, run, n)
+            if own and not args.keep_kwok and not kwok_stopped and cluster is not None:
+                cluster.processes["kwok"].stop()
+                kwok_stopped = True
+            setup[str(n)] = {"create_nodes_s": round(create_s, 1), "ready_s": round(ready_s, 1)}
+            print(f"{n} nodes: created in {create_s:.1f} s, Ready {ready_s:.1f} s later"
+                  + (" (KWOK stopped)" if kwok_stopped else ""), flush=True)
+            for wname in workloads:
+                wl = Workload.build(wname, args.pods)
+                for which in schedulers:
+                    row = measure(which, wl, n, opt, admin, run)
+                    runs.append(row)
+                    print(_line(row), flush=True)
+        profile_text = None
+        if args.profile_scheduler:
+            base = Path(tempfile.mkdtemp(prefix="live-profile-")) / "gangsched"
+            row = measure("gangsched", Workload.build("gang8", args.pods), sizes[-1], opt, admin, run,
+                          profile_to=base)
+            print("profiled " + _line(row), flush=True)
+            profile_text = (f"gangsched run under cProfile, one profiler per thread: {sizes[-1]} nodes, gang8, "
+                            f"{args.pods} pods, qps {args.qps:g} burst {args.burst} bind-workers "
+                            f"{args.bind_workers}\nprofiled run: {_line(row)}\n"
+                            f"(unprofiled runs in {args.out.name})\n\n" + profile_report(base))
+            args.profile_out.parent.mkdir(parents=True, exist_ok=True)
+            args.profile_out.write_text(profile_text)
+            print(profile_text)
+            runs.append({**row, "scheduler": "gangsched-profiled"})
+    finally:
+        if own and cluster is not None:
+            cluster.down()
+        elif admin is not None and created:
+            with contextlib.suppress(Exception):
+                delete_nodes(admin.api_client, [node_name(run, i) for i in range(created)])
+    text = report(runs, sizes, workloads)
+    print()
+    print(text)
+    doc = {
+        "meta": {
+            "python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus(),
+            "seconds": round(time.time() - started, 1), "load_average_before": load_before,
+            "load_average_after": _load(), "run": run, "own_cluster": own, "kwok_stopped": kwok_stopped,
+            "pods": args.pods, "qps": args.qps, "burst": args.burst, "bind_workers": args.bind_workers,
+            "timeout_s": args.timeout, "node": "8 nvidia.com/gpu, 64 cpu, 512Gi, racks of 40",
+            "pod": "1 nvidia.com/gpu, 1 cpu, 1Gi; gang8: PodGroup minMember 8", "setup": setup,
+            "logs": str(log_dir),
+        },
+        "runs": runs,
+        "comparison": compare(runs),
+    }
+    write_json(args.out, doc)
+    args.out.with_suffix(".txt").write_text(text + "\n")
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.txt')}")
+    return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (f"{r['nodes']:>6} {r['workload']:<6} {r['scheduler']:<18} bound {r['bound']}/{r['pods']}  "
+            f"pods/s {r['pods_per_s']:8.1f}  incl start {r['pods_per_s_incl_start']:8.1f}  "
+            f"first {r['first_bind_s']:6.2f} s  last {r['last_bind_s']:6.2f} s"
+            + (f"  partial gangs {r['partial_gangs']}" if "partial_gangs" in r else ""))
+
+
+def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """gangsched's pods/s over each other scheduler's, per size and workload, and the goals."""
+    out: dict[str, Any] = {}
+    by = {(r["nodes"], r["workload"], r["scheduler"]): r for r in runs}
+    for (n, wl, which), r in by.items():
+        if which != "gangsched":
+            continue
+        gs = r["pods_per_s"]
+        ratios = {other: gs / o["pods_per_s"] if o["pods_per_s"] > 0 else float("nan")
+                  for (n2, wl2, other), o in by.items() if (n2, wl2) == (n, wl) and other != "gangsched"}
+        peers = [ratios[p] for p in PEERS_AT_EQUAL_QPS if p in ratios]
+        out[f"{n}/{wl}"] = {
+            "gangsched_pods_per_s": gs,
+            "gangsched_over": ratios,
+            "goal_1000_pods_per_s": bool(gs >= 1000) if n >= 5000 else None,
+            "goal_80pct_of_ceiling": bool(ratios["ceiling"] >= 0.8) if "ceiling" in ratios else None,
+            "goal_ahead_of_peers_at_equal_qps": bool(all(x > 1 for x in peers)) if peers else None,
+        }
+    return out
+
+
+def report(runs: list[dict[str, Any]], sizes: list[int], workloads: list[str]) -> str:
+    gs = {(r["nodes"], r["workload"]): r["pods_per_s"] for r in runs if r["scheduler"] == "gangsched"}
+    headers = ["nodes", "workload", "scheduler", "bound", "pods/s", "incl start", "1st bind s", "spread p50 ms",
+               "p99 ms", "max ms", "done p50 s", "p99 s", "partial", "gs/x"]
+    nan = float("nan")
+    rows = []
+    for r in runs:
+        g = gs.get((r["nodes"], r["workload"]), nan)
+        rows.append([r["nodes"], r["workload"], r["scheduler"], f"{r['bound']}/{r['pods']}", r["pods_per_s"],
+                     r["pods_per_s_incl_start"], r["first_bind_s"], r.get("spread_p50_ms", nan),
+                     r.get("spread_p99_ms", nan), r.get("spread_max_ms", nan), r["done_p50_s"], r["done_p99_s"],
+                     r.get("partial_gangs", "-"), g / r["pods_per_s"] if r["pods_per_s"] > 0 else nan])
+    lines = [table(headers, rows, title="Live scheduling on a real kube-apiserver (KWOK nodes): pods bound per second")]
+    for key, c in compare(runs).items():
+        goals = [f"{name[5:]}: {'met' if met else 'MISSED'}" for name, met in c.items()
+                 if name.startswith("goal_") and met is not None]
+        lines.append(f"{key}: gangsched {c['gangsched_pods_per_s']:.1f} pods/s; " + "; ".join(goals))
+    return "\n".join(lines)
+
+
+def _cpus() -> int | None:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _load() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
