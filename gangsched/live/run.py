@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.health_port:
         serve_health(sched, args.health_port)
-    elector = None
+    elector, renewer = None, None
     if args.leader_elect:
         identity = f"{socket.gethostname()}_{os.getpid()}"
         elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity)
@@ -68,10 +68,11 @@ def run(args: argparse.Namespace) -> int:
             exit_code = 1  # as kube-scheduler does: a replica that lost the lease exits and is restarted
             sched.stop.set()
 
-        elector.keep_renewing(sched.stop, lost)
+        renewer = elector.keep_renewing(sched.stop, lost)
     log.info("scheduling pods with schedulerName=%s, profile %s", args.scheduler_name, profile.name)
     sched.run()
-    if elector is not None and exit_code == 0:
+    if elector is not None and renewer is not None and exit_code == 0:
+        renewer.join()  # no renewal may land after the release
         elector.release()
     log.info("stopped: %s", sched.stats)
     return exit_code

@@ -13,9 +13,12 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import repeat
 
-from gangsched.core import Scheduler
+from gangsched.core import Evaluator, Scheduler
+from gangsched.frag import Workload
 from gangsched.framework import GangInfo
 from gangsched.live import informer as inf
 from gangsched.live.binder import BIND, Binder, BindOutcome, BindRequest
@@ -97,6 +100,12 @@ class LiveScheduler:
         self.assumed: dict[str, BindRequest] = {}  # pod key -> binding in flight
         self.freed = 0  # bumped whenever capacity is released or nodes change
         self.dirty_groups: set[str] = set()
+        # FGD scores against the workload's typical pods: here, the shapes of the pods the cluster holds or waits
+        # for, refreshed when a new shape shows up or the mix has had time to drift.
+        self.shapes: Counter[Demand] = Counter()
+        self._workload_shapes: set[Demand] | None = None
+        self._workload_at = 0.0
+        self.workload_refresh = 30.0
         self.alive_at = time.monotonic()
         self.stats = {"gangs_scheduled": 0, "pods_bound": 0, "bind_errors": 0, "evicted": 0, "cycles": 0}
         self.bind_seconds: list[float] = []
@@ -250,6 +259,10 @@ class LiveScheduler:
         if old is not None and old.obj["metadata"].get("uid") != meta.get("uid"):
             self._pod_delete(key)  # deleted and re-created under the same name while we were not watching
             old = None
+        if old is not None and old.demand is not None and old.phase not in TERMINAL:
+            self.shapes[old.demand] -= 1
+        if info.demand is not None and info.phase not in TERMINAL:
+            self.shapes[info.demand] += 1
         self.pods[key] = info
         if info.group:
             self.dirty_groups.add(info.group)
@@ -312,6 +325,8 @@ class LiveScheduler:
         info = self.pods.pop(key, None)
         if info is None:
             return
+        if info.demand is not None and info.phase not in TERMINAL:
+            self.shapes[info.demand] -= 1
         self._release(key)
         self.assumed.pop(key, None)  # its binding fails (404/409) and is ignored
         if info.group:
@@ -351,6 +366,8 @@ class LiveScheduler:
         if self.nodes_dirty:
             self._rebuild_nodes()
         now = time.monotonic()
+        if self.profile.needs_workload:
+            self._refresh_workload(now)
         self.stats["cycles"] += 1
         self._check_incomplete(now)
         for key, track in self.gangs.items():
@@ -373,6 +390,20 @@ class LiveScheduler:
             if outcome is False and self.queue.blocks(gang, now):
                 break  # a starving gang keeps what is free for itself
         self._flush_status()
+
+    def _refresh_workload(self, now: float) -> None:
+        current = self._workload_shapes
+        stale = current is None or now - self._workload_at > self.workload_refresh
+        if not stale and all(d in current for d in self.shapes):  # type: ignore[operator]
+            return
+        self.shapes = +self.shapes  # drop shapes no pod has any more
+        if current is not None and set(self.shapes) == current and now - self._workload_at < self.workload_refresh:
+            return
+        demands = [d for d, n in self.shapes.items() for d in repeat(d, n)]
+        self.core.ctx.workload = Workload.from_demands(demands)
+        self.core.evaluator = Evaluator(self.profile, self.core.ctx)  # its cached scores assumed the old mix
+        self._workload_shapes = set(self.shapes)
+        self._workload_at = now
 
     def _gang_group(self, track: GangTrack) -> PodGroup | str:
         first = next(iter(track.pending.values()))
