@@ -1,8 +1,8 @@
 """The real control-plane binaries: built once from pinned Go modules, then taken from the cache.
 
-kube-apiserver, kube-scheduler and the scheduler-plugins scheduler come from the module in `deploy/k8sbin`
-(its go.mod pins the releases); KWOK from its own module; etcd from Debian's `etcd-server`. Builds go to a
-temporary directory that is renamed into place at the end, so an interrupted build never leaves a half cache.
+kube-apiserver, kube-scheduler and the scheduler-plugins scheduler come from the module in `deploy/k8sbin`, etcd
+from `deploy/etcdbin` (their go.mod files pin the releases), KWOK from its own module. Builds go to a temporary
+directory that is renamed into place at the end, so an interrupted build never leaves a half cache.
 """
 
 from __future__ import annotations
@@ -20,12 +20,17 @@ from pathlib import Path
 
 KWOK_VERSION = "v0.7.0"
 K8SBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8sbin"
+# Debian's etcd 3.4 lacks RequestWatchProgress, which kube-apiserver 1.34 needs for client-go's streaming lists.
+ETCDBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "etcdbin"
 # Main packages built from deploy/k8sbin and the file name each gets in the cache.
 K8S_PACKAGES = {
     "k8s.io/kubernetes/cmd/kube-apiserver": "kube-apiserver",
     "k8s.io/kubernetes/cmd/kube-scheduler": "kube-scheduler",
     "sigs.k8s.io/scheduler-plugins/cmd/scheduler": "coscheduler",
 }
+
+# Bump when the build recipe changes (flags, stamping): it is part of the cache key, so caches rebuild.
+BUILD_RECIPE = "3"
 
 Progress = Callable[[str], None]
 
@@ -56,18 +61,31 @@ def go_binary() -> Path:
     return Path(found)
 
 
-def _k8s_version(gomod: str) -> str:
-    # The replace line wins over require; take the last pin of k8s.io/kubernetes in the file.
-    pins = re.findall(r"k8s\.io/kubernetes(?: => k8s\.io/kubernetes)? (v[0-9][^\s]*)", gomod)
+def _pinned_version(gomod: str, module: str) -> str:
+    # A replace line wins over require and comes later in the file: take the last pin of `module`.
+    m = re.escape(module)
+    pins = re.findall(rf"{m}(?: => {m})? (v[0-9][^\s]*)", gomod)
     return pins[-1] if pins else "unknown"
 
 
-def k8s_cache_dir(src: Path = K8SBIN_DIR) -> Path:
-    """Cache directory for the k8sbin build, keyed by go.mod+go.sum so a version bump rebuilds."""
+def _k8s_version(gomod: str) -> str:
+    return _pinned_version(gomod, "k8s.io/kubernetes")
+
+
+def module_cache_dir(src: Path, name: str, version: str) -> Path:
+    """Cache directory for a build of module `src`, keyed by its go.mod+go.sum so a version bump rebuilds."""
     gomod = (src / "go.mod").read_bytes()
     gosum = (src / "go.sum").read_bytes() if (src / "go.sum").exists() else b""
-    digest = hashlib.sha256(gomod + b"\0" + gosum).hexdigest()[:12]
-    return cache_root() / f"k8s-{_k8s_version(gomod.decode())}-{digest}"
+    digest = hashlib.sha256(gomod + b"\0" + gosum + b"\0" + BUILD_RECIPE.encode()).hexdigest()[:12]
+    return cache_root() / f"{name}-{version}-{digest}"
+
+
+def k8s_cache_dir(src: Path = K8SBIN_DIR) -> Path:
+    return module_cache_dir(src, "k8s", _k8s_version((src / "go.mod").read_text()))
+
+
+def etcd_cache_dir(src: Path = ETCDBIN_DIR) -> Path:
+    return module_cache_dir(src, "etcd", _pinned_version((src / "go.mod").read_text(), "go.etcd.io/etcd/server/v3"))
 
 
 def _run_with_heartbeat(cmd: list[str], cwd: Path | None, env: dict[str, str], what: str, progress: Progress,
@@ -96,21 +114,19 @@ def _run_with_heartbeat(cmd: list[str], cwd: Path | None, env: dict[str, str], w
 def _go_env(go: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{go.parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("CGO_ENABLED", "0")  # static binaries, no C toolchain needed
     return env
 
 
 def _build_k8s(dest: Path, progress: Progress) -> None:
     go = go_binary()
-    if not (K8SBIN_DIR / "go.mod").exists():
-        raise BinariesError(f"{K8SBIN_DIR}/go.mod is missing: run from a gangsched source checkout")
     version = _k8s_version((K8SBIN_DIR / "go.mod").read_text())
     progress(f"building kube-apiserver, kube-scheduler and the scheduler-plugins scheduler from k8s.io/kubernetes "
              f"{version} (first run only, several minutes; cached in {dest})")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        cmd = [str(go), "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/", *K8S_PACKAGES]
+        cmd = [str(go), "build", "-trimpath", f"-ldflags=-s -w {_version_ldflags(version)}", "-o", f"{tmp}/",
+               *K8S_PACKAGES]
         _run_with_heartbeat(cmd, K8SBIN_DIR, _go_env(go), "the Kubernetes binaries", progress,
                             dest.parent / f"{dest.name}.build.log")
         (tmp / "scheduler").rename(tmp / "coscheduler")
@@ -118,6 +134,15 @@ def _build_k8s(dest: Path, progress: Progress) -> None:
         _publish(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _version_ldflags(version: str) -> str:
+    """Stamp the release into the binaries as Kubernetes' own build does (else /version says v0.0.0-master)."""
+    m = re.match(r"v(\d+)\.(\d+)", version)
+    major, minor = m.groups() if m else ("0", "0")
+    return " ".join(f"-X {pkg}.{var}={val}" for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+                    for var, val in (("gitVersion", version), ("gitMajor", major), ("gitMinor", minor),
+                                     ("gitTreeState", "clean")))
 
 
 def _copy_podgroup_crd(go: Path, dest: Path) -> None:
@@ -153,28 +178,29 @@ def _publish(tmp: Path, dest: Path) -> None:
             raise
 
 
-def ensure_etcd(progress: Progress = print) -> Path:
-    found = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
-    if found:
-        return Path(found)
-    if os.geteuid() != 0:
-        raise BinariesError("etcd is missing: install it with `sudo apt-get install -y etcd-server` "
-                            "(or put any etcd >= 3.4 on PATH)")
-    progress("installing etcd (apt-get install -y etcd-server)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "etcd-server"]
-    if subprocess.run(install, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
-        subprocess.run(install, env=env, check=True)
-    found = shutil.which("etcd") or "/usr/bin/etcd"
-    if not Path(found).exists():
-        raise BinariesError("apt-get installed etcd-server but no etcd binary was found")
-    return Path(found)
+def _build_etcd(dest: Path, progress: Progress) -> None:
+    go = go_binary()
+    version = dest.name.split("-")[1]
+    progress(f"building etcd {version} from go.etcd.io/etcd/server/v3 (first run only, a minute or two)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        cmd = [str(go), "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"]
+        _run_with_heartbeat(cmd, ETCDBIN_DIR, _go_env(go), "etcd", progress, dest.parent / f"{dest.name}.build.log")
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_binaries(progress: Progress = print) -> Binaries:
     """Paths of all control-plane binaries, building the missing ones first (only the first run builds)."""
-    etcd = ensure_etcd(progress)
+    for src in (K8SBIN_DIR, ETCDBIN_DIR):
+        if not (src / "go.mod").exists():
+            raise BinariesError(f"{src}/go.mod is missing: run from a gangsched source checkout")
+    etcd_dir = etcd_cache_dir()
+    if not (etcd_dir / "etcd").is_file():
+        shutil.rmtree(etcd_dir, ignore_errors=True)
+        _build_etcd(etcd_dir, progress)
     k8s = k8s_cache_dir()
     if not all((k8s / name).is_file() for name in K8S_PACKAGES.values()):
         shutil.rmtree(k8s, ignore_errors=True)  # only a hand-edited cache can be incomplete; builds publish whole
@@ -183,5 +209,5 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
     if not (kwok_dir / "kwok").is_file():
         shutil.rmtree(kwok_dir, ignore_errors=True)
         _build_kwok(kwok_dir, progress)
-    return Binaries(etcd=etcd, kube_apiserver=k8s / "kube-apiserver", kube_scheduler=k8s / "kube-scheduler",
-                    coscheduler=k8s / "coscheduler", kwok=kwok_dir / "kwok")
+    return Binaries(etcd=etcd_dir / "etcd", kube_apiserver=k8s / "kube-apiserver",
+                    kube_scheduler=k8s / "kube-scheduler", coscheduler=k8s / "coscheduler", kwok=kwok_dir / "kwok")

@@ -2,15 +2,15 @@
 
 Everything lives in one state directory (certificates, kubeconfig, logs, pids, etcd data), so a cluster can be
 found again by another process (`gangsched devcluster status`/`down`) and several clusters can run side by side:
-every port is picked free at start. There is no controller-manager: namespaces never finish terminating and
-nothing creates ServiceAccounts, so the ServiceAccount admission plugin is off.
+every port is picked free at start. There is no controller-manager: namespaces never finish terminating, nothing
+creates ServiceAccounts or lifts node taints, so the ServiceAccount and TaintNodesByCondition admission plugins are
+off, and nothing evicts pods from a NotReady node.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -140,12 +140,9 @@ class DevCluster:
     are ready; `down()` stops every process started from this state dir, schedulers included.
     """
 
-    def __init__(self, state_dir: Path | str | None = None, binaries: Binaries | None = None,
-                 etcd_on_tmpfs: bool = True) -> None:
+    def __init__(self, state_dir: Path | str | None = None, binaries: Binaries | None = None) -> None:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self._binaries = binaries
-        # etcd fsyncs every write; on tmpfs that is free, which matters when benchmarks create thousands of objects.
-        self.etcd_on_tmpfs = etcd_on_tmpfs and Path("/dev/shm").is_dir()
         self.processes: dict[str, ProcessHandle] = {}
 
     # ---- paths and identity -------------------------------------------------------------------------------------
@@ -179,13 +176,6 @@ class DevCluster:
         if self._binaries is None:
             self._binaries = ensure_binaries()
         return self._binaries
-
-    def _etcd_data_dir(self) -> Path:
-        link = self.state_dir / "etcd"
-        if not self.etcd_on_tmpfs:
-            return link
-        key = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]
-        return Path("/dev/shm") / f"gangsched-etcd-{key}"
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def _recorded_pids(self) -> dict[str, int]:
@@ -221,11 +211,6 @@ class DevCluster:
         p = pki_mod.generate(self.pki.dir)
         self._write_kubeconfig(api_port)
 
-        data = self._etcd_data_dir()
-        if self.etcd_on_tmpfs:
-            shutil.rmtree(data, ignore_errors=True)
-            data.mkdir(parents=True)
-            (self.state_dir / "etcd").symlink_to(data)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         self.processes["etcd"] = _spawn("etcd", [
@@ -234,7 +219,8 @@ class DevCluster:
             f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=devcluster={peer_url}", "--initial-cluster-state=new",
             "--quota-backend-bytes=8589934592",  # 8 GiB: benchmarks with many objects must not hit the 2 GiB alarm
-            "--snapshot-count=50000", "--logger=zap", "--log-level=warn",
+            # A throwaway cluster needs no durability; fsync per write would cap object creation at disk latency.
+            "--unsafe-no-fsync", "--snapshot-count=50000", "--log-level=warn",
         ], self.state_dir, etcd_port)
 
         self.processes["kube-apiserver"] = _spawn("kube-apiserver", [
@@ -246,11 +232,14 @@ class DevCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
-            # No controller-manager creates ServiceAccounts, so the plugin would reject every pod.
-            "--disable-admission-plugins=ServiceAccount",
+            # No controller-manager: nothing would create ServiceAccounts (the plugin would reject every pod), and
+            # nothing would lift the not-ready taint TaintNodesByCondition puts on every new node.
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
             # Benchmarks hammer the apiserver from one client identity; APF would queue them in one flow.
             "--enable-priority-and-fairness=false",
             "--max-requests-inflight=3000", "--max-mutating-requests-inflight=1000",
+            # The loopback advertise address is invalid in Endpoints; nothing in-cluster needs the kubernetes service.
+            "--endpoint-reconciler-type=none",
             "--allow-privileged=true", "--profiling=false", "--v=1",
         ], self.state_dir, api_port)
         if wait:
@@ -286,8 +275,6 @@ class DevCluster:
         self.processes.clear()
         if keep:
             return
-        if self.etcd_on_tmpfs:
-            shutil.rmtree(self._etcd_data_dir(), ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:

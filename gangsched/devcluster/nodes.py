@@ -40,9 +40,7 @@ def gpu_node_manifest(name: str, gpus: int = 8, gpu_model: str = "A100", cpu: st
         "spec": {},
         "status": {
             "capacity": dict(resources),
-            "allocatable": dict(resources),
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
-                         "kubeProxyVersion": "fake"},
+            "allocatable": dict(resources),  # KWOK's node-initialize stage fills nodeInfo, addresses, conditions
         },
     }
 
@@ -61,11 +59,12 @@ def _parallel(fn: Callable[[Any], None], items: Iterable[Any], workers: int) -> 
 
 def create_gpu_nodes(api: Any, count: int, prefix: str = "gpu-node-", gpus: int = 8, gpu_model: str = "A100",
                      cpu: str = "96", memory: str = "768Gi", zones: int = 1, racks_per_zone: int = 1,
-                     nodes_per_rack: int | None = None, start: int = 0, workers: int = 32) -> list[str]:
+                     nodes_per_rack: int | None = None, start: int = 0, labels: dict[str, str] | None = None,
+                     workers: int = 32) -> list[str]:
     """Create `count` fake GPU nodes in parallel; returns their names.
 
-    Nodes are laid out in order: `nodes_per_rack` consecutive nodes share a rack (default: spread evenly over
-    zones*racks_per_zone racks), racks fill zones in order. `api` is an ApiClient or a CoreV1Api; give its
+    `nodes_per_rack` consecutive nodes share a rack (default: spread evenly over zones*racks_per_zone racks),
+    racks fill zones in order; `labels` are added to every node. `api` is an ApiClient or a CoreV1Api; give its
     configuration a connection pool of at least `workers` (DevCluster.api_client does).
     """
     core = _core(api)
@@ -77,7 +76,8 @@ def create_gpu_nodes(api: Any, count: int, prefix: str = "gpu-node-", gpus: int 
         i, name = idx_name
         rack = i // per_rack
         body = gpu_node_manifest(name, gpus=gpus, gpu_model=gpu_model, cpu=cpu, memory=memory,
-                                 zone=f"zone-{rack // racks_per_zone % max(1, zones)}", rack=f"rack-{rack}")
+                                 zone=f"zone-{rack // racks_per_zone % max(1, zones)}", rack=f"rack-{rack}",
+                                 labels=labels)
         # Not deserialising the response roughly halves the client-side cost per node.
         core.create_node(body, _preload_content=False)
 

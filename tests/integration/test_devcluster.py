@@ -39,10 +39,8 @@ def node_ready(core: client.CoreV1Api, name: str) -> bool:
 @pytest.fixture
 def gpu_nodes(kube: Any) -> Iterator[list[str]]:
     """Three fake GPU nodes of this test only, labelled so that only this test's pods select them."""
-    prefix = f"dc-{uuid.uuid4().hex[:6]}-"
-    names = create_gpu_nodes(kube, 3, prefix=prefix, gpus=8, gpu_model="H100")
-    for n in names:
-        client.CoreV1Api(kube).patch_node(n, {"metadata": {"labels": {"test-owner": prefix}}})
+    owner = f"dc-{uuid.uuid4().hex[:6]}"
+    names = create_gpu_nodes(kube, 3, prefix=f"{owner}-", gpus=8, gpu_model="H100", labels={"test-owner": owner})
     yield names
     delete_nodes(kube, names)
 
