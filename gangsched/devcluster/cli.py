@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gangsched.devcluster.binaries import BinariesError, ensure_binaries
@@ -34,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    ).set_defaults(run=run_build)
 
 
-def _errors(fn):  # type: ignore[no-untyped-def]
+def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report our own failures as one message, not a traceback."""
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return fn(args)
         except (BinariesError, DevClusterError) as e:
-            print(f"gangsched devcluster: error: {e}")
+            print(f"gangsched devcluster: error: {e}", file=sys.stderr)
             return 1
     return wrapped
 

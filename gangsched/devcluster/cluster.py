@@ -177,6 +177,9 @@ class DevCluster:
             self._binaries = ensure_binaries()
         return self._binaries
 
+    def _is_state_dir(self) -> bool:
+        return any((self.state_dir / n).exists() for n in ("cluster.json", "pids", "pki", "kubeconfig"))
+
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def _recorded_pids(self) -> dict[str, int]:
         pids: dict[str, int] = {}
@@ -200,7 +203,9 @@ class DevCluster:
         if self.running():
             self._adopt()
             return self
-        if self.state_dir.exists():
+        if self.state_dir.exists() and any(self.state_dir.iterdir()):
+            if not self._is_state_dir():
+                raise DevClusterError(f"{self.state_dir} is not empty and holds no devcluster: choose another --dir")
             self.down()  # stale or half-started: clean it so ports, pids and etcd data start fresh
         b = self.binaries
         t0 = time.monotonic()
@@ -273,9 +278,8 @@ class DevCluster:
             stop_process_group(pids[name])
             (self.state_dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
         self.processes.clear()
-        if keep:
-            return
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        if not keep and self._is_state_dir():  # never delete a directory this class did not fill
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
         pids = self._recorded_pids()
@@ -404,13 +408,7 @@ class DevCluster:
         return names
 
     # ---- schedulers ---------------------------------------------------------------------------------------------
-    def _scheduler_config(self, scheduler_name: str, qps: float | None, burst: int | None,
-                          coscheduling: bool) -> dict[str, Any]:
-        conn: dict[str, Any] = {"kubeconfig": str(self.kubeconfig)}
-        if qps is not None:
-            conn["qps"] = qps
-        if burst is not None:
-            conn["burst"] = burst
+    def _scheduler_config(self, scheduler_name: str, coscheduling: bool) -> dict[str, Any]:
         profile: dict[str, Any] = {"schedulerName": scheduler_name}
         if coscheduling:
             # As in scheduler-plugins' manifests/coscheduling/scheduler-config.yaml.
@@ -418,17 +416,21 @@ class DevCluster:
                                   "queueSort": {"enabled": [{"name": "Coscheduling"}], "disabled": [{"name": "*"}]}}
             profile["pluginConfig"] = [{"name": "Coscheduling", "args": {"permitWaitingTimeSeconds": 10}}]
         return {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
-                "leaderElection": {"leaderElect": False}, "clientConnection": conn, "profiles": [profile]}
+                "profiles": [profile]}
 
     def _start_scheduler(self, binary: Path, proc_name: str, config: dict[str, Any] | Path | str,
-                         timeout: float) -> ProcessHandle:
+                         qps: float | None, burst: int | None, timeout: float) -> ProcessHandle:
         if proc_name in self.processes and self.processes[proc_name].alive():
             raise DevClusterError(f"{proc_name} is already running (pid {self.processes[proc_name].pid})")
-        if isinstance(config, dict):
-            path = self.state_dir / f"{proc_name}.config.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
-        else:
-            path = Path(config)
+        cfg = dict(config) if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
+        # With --config, kube-scheduler ignores --kubeconfig/--kube-api-qps: the connection must be in the file.
+        conn = dict(cfg.get("clientConnection") or {})
+        conn["kubeconfig"] = str(self.kubeconfig)
+        conn.update({k: v for k, v in (("qps", qps), ("burst", burst)) if v is not None})
+        cfg["clientConnection"] = conn
+        cfg["leaderElection"] = {"leaderElect": False}  # one instance per run; nothing to elect
+        path = self.state_dir / f"{proc_name}.config.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         port = free_ports(1)[0]
         h = _spawn(proc_name, [
             str(binary), f"--config={path}", "--bind-address=127.0.0.1", f"--secure-port={port}",
@@ -454,15 +456,17 @@ class DevCluster:
     def start_kube_scheduler(self, name: str = "default-scheduler", qps: float | None = None,
                              burst: int | None = None, config: dict[str, Any] | Path | str | None = None,
                              timeout: float = 60.0) -> ProcessHandle:
-        """Run the stock kube-scheduler with one profile `name` (or a given KubeSchedulerConfiguration)."""
-        cfg = config if config is not None else self._scheduler_config(name, qps, burst, coscheduling=False)
-        return self._start_scheduler(self.binaries.kube_scheduler, f"kube-scheduler-{name}", cfg, timeout)
+        """Run the stock kube-scheduler with one profile `name`, or with a given KubeSchedulerConfiguration (dict or
+        file) whose clientConnection gets this cluster's kubeconfig (and `qps`/`burst` when given)."""
+        cfg = config if config is not None else self._scheduler_config(name, coscheduling=False)
+        return self._start_scheduler(self.binaries.kube_scheduler, f"kube-scheduler-{name}", cfg, qps, burst, timeout)
 
     def start_coscheduler(self, name: str = "coscheduler", qps: float | None = None, burst: int | None = None,
                           config: dict[str, Any] | Path | str | None = None, timeout: float = 60.0) -> ProcessHandle:
-        """Run the scheduler-plugins scheduler with the Coscheduling plugin as profile `name`."""
-        cfg = config if config is not None else self._scheduler_config(name, qps, burst, coscheduling=True)
-        return self._start_scheduler(self.binaries.coscheduler, f"coscheduler-{name}", cfg, timeout)
+        """Run the scheduler-plugins scheduler with the Coscheduling plugin as profile `name` (or with `config`, e.g.
+        deploy/coscheduler-config.yaml, completed as for start_kube_scheduler)."""
+        cfg = config if config is not None else self._scheduler_config(name, coscheduling=True)
+        return self._start_scheduler(self.binaries.coscheduler, f"coscheduler-{name}", cfg, qps, burst, timeout)
 
 
 def tmp_state_dir(prefix: str = "gangsched-devcluster-") -> Path:

@@ -1,0 +1,59 @@
+"""Devcluster pieces that need no running control plane: manifests, certificates, cache keys, guards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from gangsched.devcluster import DevCluster, DevClusterError, gpu_node_manifest, pki
+from gangsched.devcluster.binaries import module_cache_dir
+from gangsched.devcluster.cluster import free_ports
+
+
+def test_gpu_node_manifest() -> None:
+    n = gpu_node_manifest("n1", gpus=4, gpu_model="H100", cpu="64", memory="512Gi", zone="z1", rack="r7")
+    assert n["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
+    labels = n["metadata"]["labels"]
+    assert labels["kubernetes.io/hostname"] == "n1" and labels["nvidia.com/gpu.product"] == "H100"
+    assert labels["nvidia.com/gpu.count"] == "4" and labels["topology.kubernetes.io/zone"] == "z1"
+    assert labels["gangsched.io/rack"] == "r7"
+    for key in ("capacity", "allocatable"):
+        assert n["status"][key] == {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "4"}
+    assert not n["spec"].get("taints")
+
+
+def test_certificates(tmp_path: Path) -> None:
+    p = pki.generate(tmp_path)
+    ca = x509.load_pem_x509_certificate(p.ca_crt.read_bytes())
+    srv = x509.load_pem_x509_certificate(p.apiserver_crt.read_bytes())
+    adm = x509.load_pem_x509_certificate(p.admin_crt.read_bytes())
+    srv.verify_directly_issued_by(ca)
+    adm.verify_directly_issued_by(ca)
+    sans = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    assert "O=system:masters" in adm.subject.rfc4514_string()
+    assert p.admin_key.stat().st_mode & 0o077 == 0
+
+
+def test_cache_key_follows_go_sum(tmp_path: Path) -> None:
+    (tmp_path / "go.mod").write_text("module x\nrequire k8s.io/kubernetes v1.34.4\n")
+    (tmp_path / "go.sum").write_text("a\n")
+    before = module_cache_dir(tmp_path, "k8s", "v1.34.4")
+    (tmp_path / "go.sum").write_text("b\n")
+    assert module_cache_dir(tmp_path, "k8s", "v1.34.4") != before
+
+
+def test_free_ports_distinct() -> None:
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+
+
+def test_refuses_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(DevClusterError, match="holds no devcluster"):
+        DevCluster(tmp_path).up()
+    DevCluster(tmp_path).down()
+    assert (tmp_path / "precious.txt").exists()
