@@ -6,6 +6,7 @@ for want of them.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def devcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    binaries = ensure_binaries(progress=lambda msg: print(msg, flush=True))
+def devcluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[DevCluster]:
+    # A first-run build takes minutes: show its progress lines through pytest's output capture.
+    capman = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        binaries = ensure_binaries(progress=lambda msg: print(f"\n{msg}", end="", flush=True))
     cluster = DevCluster(tmp_path_factory.mktemp("devcluster"), binaries=binaries)
     cluster.up(progress=lambda msg: None)
     try:
