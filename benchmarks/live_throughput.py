@@ -37,8 +37,8 @@ fraction of the ceiling gangsched reaches).
 With `--repeat R` every (scheduler, workload) is measured R times, in rounds over the schedulers, and the
 fastest complete run is kept (all rates in `repeats_pods_per_s`): the machine is small and shared.
 
-`--profile-scheduler` adds one more gangsched run (largest size, gang8, not in the table) under cProfile, one
-profiler per thread, and writes the top functions per thread group to results/live_profile.txt.
+`--profile-scheduler` adds one more gangsched run (largest size, `--profile-workload`, not in the table)
+under cProfile, one profiler per thread, and writes the top functions per thread group to results/live_profile.txt.
 """
 
 from __future__ import annotations
@@ -565,7 +565,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kubeconfig", type=Path, help="a running cluster (default: start a DevCluster in a temp dir)")
     p.add_argument("--keep-kwok", action="store_true", help="leave KWOK running in a cluster of our own")
     p.add_argument("--profile-scheduler", action="store_true",
-                   help="one extra gangsched run under cProfile (largest size, gang8); see results/live_profile.txt")
+                   help="one extra gangsched run under cProfile (largest size); see results/live_profile.txt")
+    p.add_argument("--profile-workload", default="gang8", choices=WORKLOADS, help="workload of the profiled run")
     p.add_argument("--profile-out", type=Path, default=PROFILE_OUT)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path (the table goes beside, .txt)")
     args = p.parse_args(argv)
@@ -655,12 +656,12 @@ def main(argv: list[str] | None = None) -> int:
         profile_text = None
         if args.profile_scheduler:
             base = Path(tempfile.mkdtemp(prefix="live-profile-")) / "gangsched"
-            row = measure("gangsched", Workload.build("gang8", args.pods), sizes[-1], opt, admin, run,
-                          profile_to=base)
+            row = measure("gangsched", Workload.build(args.profile_workload, args.pods), sizes[-1], opt, admin,
+                          run, profile_to=base)
             print("profiled " + _line(row), flush=True)
-            profile_text = (f"gangsched run under cProfile, one profiler per thread: {sizes[-1]} nodes, gang8, "
-                            f"{args.pods} pods, qps {args.qps:g} burst {args.burst} bind-workers "
-                            f"{args.bind_workers}\nprofiled run: {_line(row)}\n"
+            profile_text = (f"gangsched run under cProfile, one profiler per thread: {sizes[-1]} nodes, "
+                            f"{args.profile_workload}, {args.pods} pods, qps {args.qps:g} burst {args.burst} "
+                            f"bind-workers {args.bind_workers}\nprofiled run: {_line(row)}\n"
                             f"(unprofiled runs in {args.out.name})\n\n" + profile_report(base))
             args.profile_out.parent.mkdir(parents=True, exist_ok=True)
             args.profile_out.write_text(profile_text)
