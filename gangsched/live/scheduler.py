@@ -503,8 +503,11 @@ class LiveScheduler:
         if track is not None:
             track.bound.discard(key)
             if info is not None and info.node is None and err.status != 404:
-                track.pending[key] = info  # try it again; the incomplete-gang timer guards the rest
-                self._wake(req.gang)
+                # Place it again after a backoff; meanwhile the incomplete-gang timer guards its bound peers.
+                track.pending[key] = info
+                track.backoff = min(max(track.backoff * 2, 1.0), self.max_backoff)
+                track.retry_at = time.monotonic() + track.backoff
+                track.freed_seen = self.freed  # counted after our own release, which must not cut it short
         if info is not None and err.status != 404:
             self._event(info.obj, "Pod", "FailedBinding", f"binding to {req.node} failed: {err}")
 

@@ -292,3 +292,51 @@ def _drain_names(out, seen: list[str]) -> bool:
         for o in obj if typ == "SYNC" else [obj]:
             seen.append(o["metadata"]["name"])
     return True
+
+
+def test_refused_bindings_are_retried_and_the_gang_ends_whole(cluster: Cluster, start_scheduler):
+    """The API server refuses this namespace's bindings (a ValidatingAdmissionPolicy) for a while: nothing is
+    lost, no GPU is double-booked, and once bindings are allowed again the gang is bound whole."""
+    c, ns = cluster.c, cluster.ns
+    admission = "/apis/admissionregistration.k8s.io/v1"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": f"deny-bind-{ns}"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                               "operations": ["CREATE"],
+                                                               "resources": ["pods/binding"]}]},
+                       "validations": [{"expression": "false", "message": "bindings are paused"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": f"deny-bind-{ns}"},
+               "spec": {"policyName": f"deny-bind-{ns}", "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": ns}}}}}
+    c.request("POST", f"{admission}/validatingadmissionpolicies", policy)
+    c.request("POST", f"{admission}/validatingadmissionpolicybindings", binding)
+    try:
+        cluster.add_nodes(2, gpus=4)
+        cluster.podgroup("job", 4)
+        for i in range(4):
+            cluster.pod(f"job-{i}", gpus=2, group="job")
+        probes = itertools.count()
+        wait_for(lambda: _binding_refused(cluster, f"probe-{next(probes)}"), 20, what="the policy to take effect")
+        start_scheduler()
+        wait_for(lambda: cluster.events("job-0", "FailedBinding"), 30, what="FailedBinding event")
+        assert not cluster.bound()
+    finally:
+        c.request("DELETE", f"{admission}/validatingadmissionpolicybindings/deny-bind-{ns}")
+        c.request("DELETE", f"{admission}/validatingadmissionpolicies/deny-bind-{ns}")
+    wait_for(lambda: len(cluster.bound("job-")) == 4, 60, what="the gang bound whole once bindings are allowed")
+    cluster.gpu_use_ok()
+
+
+def _binding_refused(cluster: Cluster, name: str) -> bool:
+    """Bind a fresh pod of nobody's to a node that does not exist: refused once the policy is in force."""
+    cluster.pod(name, gpus=0, scheduler="nobody")
+    body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+            "target": {"kind": "Node", "name": "no-such-node"}}
+    try:
+        cluster.c.request("POST", f"/api/v1/namespaces/{cluster.ns}/pods/{name}/binding", body)
+    except ApiError as e:
+        return "bindings are paused" in e.message
+    return False
