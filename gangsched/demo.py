@@ -181,8 +181,9 @@ def say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gangsched.devcluster import DevCluster, ensure_binaries
     from gangsched.devcluster.procnode import ProcessNodes
+
+    from gangsched.devcluster import DevCluster, ensure_binaries
 
     say("gangsched demo: two 4-worker TensorFlow jobs on 6 GPUs, gangsched vs kube-scheduler")
     binaries = ensure_binaries(progress=say)
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[Timeline] = []
     try:
         from gangsched.devcluster.nodes import create_gpu_nodes
-        say("creating 8 fake GPU nodes (KWOK) and %d process nodes with %d GPUs in all ..." % (n_nodes, args.gpus))
+        say(f"creating 8 fake GPU nodes (KWOK) and {n_nodes} process nodes with {args.gpus} GPUs in all ...")
         create_gpu_nodes(cluster.api_client(), 8, gpus=8)
         with ProcessNodes(client, names, gpus_per_node=args.gpus // n_nodes,
                           workdir=state_dir / "procnodes") as nodes:
