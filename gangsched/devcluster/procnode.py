@@ -189,7 +189,7 @@ class ProcessNodes:
                 with contextlib.suppress(ApiError):
                     self.client.request("DELETE", f"/api/v1/nodes/{name}")
         for t in self._threads:
-            t.join(timeout=0.5)  # watchers sit in a long poll; they are daemons and check _stop on every event
+            t.join(timeout=0.1)  # watchers sit in a long poll; they are daemons and check _stop on every event
         self._threads.clear()
         if self._lockfile is not None:
             self._lockfile.close()
@@ -526,8 +526,8 @@ class ProcessNodes:
                 own[var["name"]] = _expand(var.get("value", ""), own)
         # The agent's environment underneath (PATH, the venv, ...), then what a kubelet adds, then the pod's own.
         env = dict(os.environ, HOSTNAME=hostname, POD_IP=ip)
-        if self.mode == "netns":
-            env["GLOO_SOCKET_IFNAME"] = "eth0"  # gloo otherwise picks its device by resolving the hostname
+        # gloo otherwise picks its device by resolving the hostname; in loopback mode every pod shares `lo`.
+        env["GLOO_SOCKET_IFNAME"] = "eth0" if self.mode == "netns" else "lo"
         env.update(own)
         return env
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -33,7 +34,8 @@ def node_names() -> list[str]:
 
 @pytest.fixture
 def procnodes(client: KubeClient, node_names: list[str], tmp_path: Path) -> Iterator[ProcessNodes]:
-    with ProcessNodes(client, node_names, gpus_per_node=4, workdir=tmp_path / "procnodes") as pn:
+    network = os.environ.get("GANGSCHED_PROCNODE_NETWORK", "auto")  # "loopback" tries the fallback
+    with ProcessNodes(client, node_names, gpus_per_node=4, workdir=tmp_path / "procnodes", network=network) as pn:
         yield pn
 
 
@@ -138,8 +140,6 @@ def test_pods_share_a_port_and_find_each_other_by_name(client: KubeClient, procn
         conn.sendall(os.environ["HOSTNAME"].encode())
         conn.close()
     """
-    for name in ("srv-a", "srv-b"):  # both on node 0, both on :2222
-        make_pod(client, ns, name, server, node_names[0])
     make_pod(client, ns, "cli", f"""
         import json, socket, time
         got = {{}}
@@ -156,6 +156,10 @@ def test_pods_share_a_port_and_find_each_other_by_name(client: KubeClient, procn
                     time.sleep(0.2)
         json.dump(got, open("got.json", "w"))
     """, node_names[1])
+    # The client runs first: names of peers that start later must appear in its (already mounted) hosts file.
+    wait_phase(client, ns, "cli", "Running")
+    for name in ("srv-a", "srv-b"):  # both on node 0, both on :2222
+        make_pod(client, ns, name, server, node_names[0])
     for name in ("cli", "srv-a", "srv-b"):
         pod = wait_phase(client, ns, name, "Succeeded", "Failed")
         assert pod["status"]["phase"] == "Succeeded", procnodes.log_path(ns, name).read_text()
