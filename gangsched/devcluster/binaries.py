@@ -7,6 +7,7 @@ directory that is renamed into place at the end, so an interrupted build never l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -122,8 +123,7 @@ def _build_k8s(dest: Path, progress: Progress) -> None:
     version = _k8s_version((K8SBIN_DIR / "go.mod").read_text())
     progress(f"building kube-apiserver, kube-scheduler and the scheduler-plugins scheduler from k8s.io/kubernetes "
              f"{version} (first run only, several minutes; cached in {dest})")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = _make_tmp(dest)
     try:
         cmd = [str(go), "build", "-trimpath", f"-ldflags=-s -w {_version_ldflags(version)}", "-o", f"{tmp}/",
                *K8S_PACKAGES]
@@ -158,8 +158,7 @@ def _copy_podgroup_crd(go: Path, dest: Path) -> None:
 def _build_kwok(dest: Path, progress: Progress) -> None:
     go = go_binary()
     progress(f"building kwok {KWOK_VERSION} from sigs.k8s.io/kwok (first run only, a minute or two)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = _make_tmp(dest)
     try:
         env = _go_env(go) | {"GOBIN": str(tmp)}
         cmd = [str(go), "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"]
@@ -169,8 +168,19 @@ def _build_kwok(dest: Path, progress: Progress) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _make_tmp(dest: Path) -> Path:
+    """A fresh build directory beside `dest`; leftovers of killed builds (over a day old) are removed first."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for old in dest.parent.glob(f".{dest.name}.*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+
+
 def _publish(tmp: Path, dest: Path) -> None:
     """Atomically move a finished build into place; a concurrent build that won the race is kept."""
+    tmp.chmod(0o755)  # mkdtemp made it private
     try:
         tmp.rename(dest)
     except OSError:
@@ -182,8 +192,7 @@ def _build_etcd(dest: Path, progress: Progress) -> None:
     go = go_binary()
     version = dest.name.split("-")[1]
     progress(f"building etcd {version} from go.etcd.io/etcd/server/v3 (first run only, a minute or two)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = _make_tmp(dest)
     try:
         cmd = [str(go), "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp / "etcd"), "go.etcd.io/etcd/server/v3"]
         _run_with_heartbeat(cmd, ETCDBIN_DIR, _go_env(go), "etcd", progress, dest.parent / f"{dest.name}.build.log")
