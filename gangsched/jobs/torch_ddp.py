@@ -1,0 +1,104 @@
+"""PyTorch DistributedDataParallel job on gloo, configured as training-operator configures a PyTorchJob's pods:
+`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`, `RANK` (rank 0 is the master pod, which hosts the rendezvous store).
+
+Each rank trains the same tiny MLP for a few steps on its own synthetic shard (fixed seeds), then all-gathers its
+flattened parameters and checks them bitwise against every peer's. Run locally:
+
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 WORLD_SIZE=2 RANK=0 python -m gangsched.jobs.torch_ddp   # and RANK=1
+
+gloo picks the interface whose address the host name resolves to; in a network namespace that may be the wrong
+one, so the node agent sets `GLOO_SOCKET_IFNAME`. When unset and the master is on loopback, `lo` is used.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import sys
+import time
+
+from gangsched.jobs._common import (
+    arm_watchdog,
+    disarm_watchdog,
+    log,
+    run_deadline,
+    startup_deadline,
+    summary,
+    weights_digest,
+)
+
+STEPS = 20
+BATCH = 32
+DIM, HIDDEN = 8, 16
+LR = 0.05
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    master = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    deadline = startup_deadline()
+    # init_process_group's timeout bounds the rendezvous; the watchdog also covers a master whose name does not
+    # resolve yet and anything else before the first step (a worker without peers otherwise waits 30 min).
+    arm_watchdog(deadline + 15, f"rank {rank}: waiting for {world} ranks at {master}")
+    if "GLOO_SOCKET_IFNAME" not in os.environ and _loopback(os.environ["MASTER_ADDR"]):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)  # several ranks share a couple of cores
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=deadline))
+
+    torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts rank 0's at construction)
+    model = DistributedDataParallel(nn.Sequential(nn.Linear(DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    data = torch.Generator().manual_seed(1000 + rank)  # each rank its own shard
+    true_w = torch.randn(DIM, 1, generator=torch.Generator().manual_seed(99))
+
+    losses = []
+    for step in range(STEPS):
+        x = torch.randn(BATCH, DIM, generator=data)
+        y = torch.tanh(x @ true_w)
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()  # DDP all-reduces (averages) the gradients here
+        opt.step()
+        losses.append(loss.item())
+        if step == 0:
+            disarm_watchdog()
+            startup_s = time.monotonic() - t0
+            arm_watchdog(run_deadline(), f"rank {rank}: group formed after {startup_s:.1f}s, training")
+
+    with torch.no_grad():
+        mine = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        rows = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(rows, mine)
+    identical = all(torch.equal(r, mine) for r in rows)
+    mean_loss = torch.tensor([losses[-1]])
+    dist.all_reduce(mean_loss)  # doubles as a final barrier: no rank leaves while a peer still gathers
+    digests = [weights_digest([r.numpy()]) for r in rows]
+    summary(
+        job="torch_ddp", role="master" if rank == 0 else "worker", rank=rank, world=world, steps=STEPS,
+        identical=identical, weights_sha256=weights_digest([mine.numpy()]), peer_digests=digests,
+        loss_first=losses[0], loss_last=losses[-1], loss_last_mean=float(mean_loss) / world,
+        startup_s=round(startup_s, 2), total_s=round(time.monotonic() - t0, 2),
+    )
+    if not identical:
+        log(f"rank {rank}: parameters differ from a peer's: {digests}")
+    dist.destroy_process_group()
+    return 0 if identical else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
