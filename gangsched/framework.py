@@ -103,7 +103,8 @@ def minmax(raw: np.ndarray) -> np.ndarray:
     lo, hi = raw.min(), raw.max()
     if hi == lo:
         return np.zeros_like(raw, dtype=np.float64)
-    return (raw - lo) * (100.0 / (hi - lo))
+    # clip: (x - lo) * (100 / (hi - lo)) can round to 100.00000000000001 at the top
+    return np.minimum((raw - lo) * (100.0 / (hi - lo)), 100.0)
 
 
 class Normalized:
