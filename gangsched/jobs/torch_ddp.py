@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import sys
 import time
 
@@ -51,6 +52,15 @@ def main() -> int:
     arm_watchdog(deadline + 15, f"rank {rank}: waiting for {world} ranks at {master}")
     if "GLOO_SOCKET_IFNAME" not in os.environ and _loopback(os.environ["MASTER_ADDR"]):
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+
+    # The master's name appears in the hosts file only once its pod runs; a worker started first would fail at
+    # once in the store's connect, so wait for the name (under the watchdog) before the rendezvous.
+    while True:
+        try:
+            socket.getaddrinfo(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+            break
+        except socket.gaierror:
+            time.sleep(0.5)
 
     import torch
     import torch.distributed as dist
