@@ -25,7 +25,15 @@ from gangsched.live.binder import BIND, Binder, BindOutcome, BindRequest
 from gangsched.live.events import EventRecorder
 from gangsched.live.kube import ApiError, KubeClient
 from gangsched.live.podgroups import PODGROUP_API, StatusWriter, group_status
-from gangsched.live.translate import demand_from, gpu_devices, group_name, node_from, parse_time, podgroup_from
+from gangsched.live.translate import (
+    GPU_MODELS_ANNOTATION,
+    demand_from,
+    gpu_devices,
+    group_name,
+    node_from,
+    parse_time,
+    podgroup_from,
+)
 from gangsched.model import Demand, ModelError, Node, Pod, PodGroup
 from gangsched.profile import Profile
 from gangsched.state import CapacityError, ClusterState
@@ -242,20 +250,20 @@ class LiveScheduler:
         ns, name = meta.get("namespace", "default"), meta["name"]
         key = f"{ns}/{name}"
         group = group_name(obj)
-        error = None
-        try:
-            demand = demand_from(obj)
-        except ModelError as e:
-            demand, error = None, str(e)
         prio = spec.get("priority")
         if prio is None:
             prio = self.priority_classes.get(spec.get("priorityClassName") or "", 0)
+        old = self.pods.get(key)
+        if old is not None and old.obj["metadata"].get("uid") == meta.get("uid") and all(
+                old.obj["spec"].get(f) == spec.get(f) for f in _DEMAND_FIELDS) and _models(old.obj) == _models(obj):
+            demand, error = old.demand, old.error  # most events (binding, status) leave what it asks for alone
+        else:
+            demand, error = _demand(obj)
         info = PodInfo(key=key, obj=obj, ours=spec.get("schedulerName") == self.scheduler_name,
                        node=spec.get("nodeName") or None, phase=status.get("phase", "Pending"),
                        gang=self.gang_key(ns, name, group), group=f"{ns}/{group}" if group else None,
                        demand=demand, error=error, priority=int(prio),
                        creation=parse_time(meta.get("creationTimestamp")))
-        old = self.pods.get(key)
         if old is not None and old.obj["metadata"].get("uid") != meta.get("uid"):
             self._pod_delete(key)  # deleted and re-created under the same name while we were not watching
             old = None
@@ -448,6 +456,8 @@ class LiveScheduler:
         track.backoff = 0.0
         track.last_message = ""
         self.queue.pending.pop(track.key, None)
+        if not track.key.startswith("pg:"):
+            self.gangs.pop(track.key)  # a lone pod needs no gang bookkeeping once placed
         self.stats["gangs_scheduled"] += 1
         if track.key.startswith("pg:"):
             self.dirty_groups.add(group.key)
@@ -500,6 +510,8 @@ class LiveScheduler:
         self._release(key)
         info = self.pods.get(key)
         track = self.gangs.get(req.gang)
+        if track is None and info is not None:
+            track = self.gangs[req.gang] = GangTrack(req.gang, enqueued=time.monotonic())
         if track is not None:
             track.bound.discard(key)
             if info is not None and info.node is None and err.status != 404:
@@ -570,6 +582,21 @@ class LiveScheduler:
             if status is not None:
                 self.status.write(key, status)
         self.dirty_groups.clear()
+
+
+# what a pod's Demand is made of (see translate.demand_from); annotations are checked separately
+_DEMAND_FIELDS = ("containers", "initContainers", "overhead", "nodeSelector", "affinity", "tolerations")
+
+
+def _models(obj: dict) -> str | None:
+    return (obj["metadata"].get("annotations") or {}).get(GPU_MODELS_ANNOTATION)
+
+
+def _demand(obj: dict) -> tuple[Demand | None, str | None]:
+    try:
+        return demand_from(obj), None
+    except ModelError as e:
+        return None, str(e)
 
 
 def _key(obj: dict) -> str:

@@ -322,7 +322,7 @@ def test_refused_bindings_are_retried_and_the_gang_ends_whole(cluster: Cluster, 
         wait_for(lambda: _binding_refused(cluster, f"probe-{next(probes)}"), 20, what="the policy to take effect")
         start_scheduler()
         wait_for(lambda: cluster.events("job-0", "FailedBinding"), 30, what="FailedBinding event")
-        assert not cluster.bound()
+        assert not cluster.bound("job-")  # (a probe bound before the policy took effect does not count)
     finally:
         c.request("DELETE", f"{admission}/validatingadmissionpolicybindings/deny-bind-{ns}")
         c.request("DELETE", f"{admission}/validatingadmissionpolicies/deny-bind-{ns}")

@@ -1,0 +1,163 @@
+"""End to end: real distributed TensorFlow and PyTorch jobs whose workers gangsched placed.
+
+Process nodes (gangsched.devcluster.procnode) run the bound pods as local processes, one network namespace
+per pod, on the dev cluster's real API server. The head-to-head runs the same two TF jobs under gangsched and
+under the real kube-scheduler. Every job has a start-up deadline, and every wait here a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+from gangsched.demo import PROCESS_NODE_LABEL, Timeline, delete_all, run_jobs
+from gangsched.devcluster.procnode import ProcessNodes
+from gangsched.jobs.manifests import pytorch_job, tf_job
+from gangsched.live.kube import KubeClient
+from tests.integration.live import SchedulerProcess, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+GPUS_PER_NODE = 2
+NODES = 3  # 6 GPUs: one 4-worker job fits, two do not
+
+
+@pytest.fixture(scope="module")
+def client(devcluster) -> KubeClient:
+    return KubeClient.load(str(devcluster.kubeconfig), qps=0)
+
+
+@pytest.fixture(scope="module")
+def procnodes(client, tmp_path_factory):
+    names = [f"proc-{i}" for i in range(NODES)]
+    with ProcessNodes(client, names, gpus_per_node=GPUS_PER_NODE, workdir=tmp_path_factory.mktemp("procnodes")) as p:
+        yield p
+
+
+@pytest.fixture
+def namespace(client, request) -> str:
+    ns = f"e2e-{uuid.uuid4().hex[:6]}"
+    client.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    yield ns
+    delete_all(client, ns)
+
+
+@pytest.fixture
+def gangsched(devcluster, tmp_path):
+    proc = SchedulerProcess(devcluster.kubeconfig, tmp_path / "gangsched.log")
+    yield proc
+    proc.stop()
+    print(proc.output()[-3000:])
+
+
+def on_process_nodes(objs: list[dict]) -> list[dict]:
+    for o in objs:
+        if o["kind"] == "Pod":
+            o["spec"]["nodeSelector"] = {PROCESS_NODE_LABEL: "true"}
+    return objs
+
+
+def show(timeline: Timeline, procnodes: ProcessNodes, ns: str) -> None:
+    print(timeline.table())
+    for name, p in timeline.pods.items():
+        if p.phase == "Failed" or p.exit_code:
+            path = procnodes.log_path(ns, name)
+            if path.exists():
+                print(f"--- {name} log tail\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+
+
+def test_head_to_head_gangsched_runs_both_jobs_one_after_the_other(client, procnodes, namespace, gangsched):
+    jobs = [on_process_nodes(tf_job(j, namespace, workers=4, gpus_per_worker=1, deadline=120))
+            for j in ("job-a", "job-b")]
+    timeline = run_jobs(client, namespace, jobs, "gangsched", timeout=420)
+    show(timeline, procnodes, namespace)
+    assert {j: timeline.outcome(j) for j in timeline.jobs()} == {"job-a": "succeeded", "job-b": "succeeded"}
+    first_bound = {j: min(p.bound or 0.0 for p in pods) for j, pods in timeline.jobs().items()}
+    first, second = sorted(first_bound, key=first_bound.__getitem__)
+    # Whole gangs, one after the other: the second job got no GPU while the first ran; it was bound once the
+    # first job's workers finished (as seen by polling every 0.25 s, hence the tolerance).
+    done = max(p.finished or 0.0 for p in timeline.jobs()[first])
+    assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
+    assert first_bound[second] >= done - 1.0, (first_bound, done)
+
+
+def test_head_to_head_kube_scheduler_deadlocks_both_jobs(client, procnodes, namespace, devcluster):
+    deadline = 30
+    jobs = [on_process_nodes(tf_job(j, namespace, workers=4, gpus_per_worker=1, scheduler_name="default-scheduler",
+                                    deadline=deadline)) for j in ("job-a", "job-b")]
+    sched = devcluster.start_kube_scheduler("default-scheduler")
+    try:
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler", timeout=deadline * 4 + 60)
+    finally:
+        sched.stop()
+    show(timeline, procnodes, namespace)
+    by_job = timeline.jobs()
+    bound = {j: sum(p.bound is not None for p in pods) for j, pods in by_job.items()}
+    assert sum(bound.values()) == NODES * GPUS_PER_NODE, bound  # every GPU handed out ...
+    assert all(0 < n < 4 for n in bound.values()), bound  # ... to both jobs, neither whole
+    for pods in by_job.values():  # the workers that started waited for peers that never came, and gave up
+        assert all(p.phase == "Failed" for p in pods if p.bound is not None), [(p.node, p.phase) for p in pods]
+
+
+def test_tf_parameter_server_job(client, procnodes, namespace, gangsched):
+    job = on_process_nodes(tf_job("ps-job", namespace, kind="ps", workers=2, ps=1, gpus_per_worker=1, deadline=120))
+    timeline = run_jobs(client, namespace, [job], "gangsched", timeout=300)
+    show(timeline, procnodes, namespace)
+    assert timeline.outcome("ps-job") == "succeeded"
+
+
+def test_pytorch_ddp_job(client, procnodes, namespace, gangsched):
+    job = on_process_nodes(pytorch_job("ddp", namespace, workers=4, gpus_per_worker=1, deadline=120))
+    timeline = run_jobs(client, namespace, [job], "gangsched", timeout=300)
+    show(timeline, procnodes, namespace)
+    assert timeline.outcome("ddp") == "succeeded"
+
+
+def test_deleting_a_running_job_frees_its_gpus_for_the_waiting_one(client, procnodes, namespace, gangsched):
+    hold = on_process_nodes(tf_job("hold", namespace, workers=4, gpus_per_worker=1, deadline=120))
+    for o in hold:  # a long-running job: its workers just sleep
+        if o["kind"] == "Pod":
+            o["spec"]["containers"][0]["command"] = ["python", "-c", "import time; time.sleep(600)"]
+            o["spec"]["containers"][0].pop("args", None)
+    for o in hold:
+        _create(client, o)
+    wait_for(lambda: _phases(client, namespace, "hold") == ["Running"] * 4, 90, what="the holding job running")
+    pids = [procnodes.pid(namespace, f"hold-worker-{i}") for i in range(4)]
+    assert all(pids)
+    waiting = on_process_nodes(tf_job("next", namespace, workers=4, gpus_per_worker=1, deadline=120))
+    for o in waiting:
+        _create(client, o)
+    time.sleep(3)
+    assert not [p for p in _pods(client, namespace, "next") if p["spec"].get("nodeName")], "no GPUs were free"
+    for i in range(4):
+        client.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/hold-worker-{i}")
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 30, what="the holding job's processes stopped")
+    wait_for(lambda: _phases(client, namespace, "next") == ["Succeeded"] * 4, 300, what="the waiting job succeeded")
+
+
+def _create(client: KubeClient, obj: dict) -> None:
+    from gangsched.demo import create
+
+    create(client, obj)
+
+
+def _pods(client: KubeClient, ns: str, job: str) -> list[dict]:
+    return [p for p in client.request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]
+            if p["metadata"]["name"].startswith(f"{job}-")]
+
+
+def _phases(client: KubeClient, ns: str, job: str) -> list[str]:
+    return sorted((p.get("status") or {}).get("phase", "Pending") for p in _pods(client, ns, job))
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
