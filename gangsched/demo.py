@@ -103,27 +103,33 @@ def run_jobs(client: KubeClient, namespace: str, jobs: list[list[dict]], schedul
             job = obj["metadata"]["labels"].get("training.kubeflow.org/job-name") or obj["metadata"]["name"]
             timeline.pods[obj["metadata"]["name"]] = PodTimes(job, time.monotonic())
     deadline = start + timeout
+    last_change = time.monotonic()
     while time.monotonic() < deadline:
         items = client.request("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
         now = time.monotonic()
         for pod in items:
             times = timeline.pods.get(pod["metadata"]["name"])
-            if times is None:
-                continue
-            _update(times, pod, now, on_change)
-        if all(p.phase in TERMINAL or (p.bound is None and _settled(timeline)) for p in timeline.pods.values()):
+            if times is not None and _update(times, pod, now, on_change):
+                last_change = now
+        if _finished(timeline, now - last_change):
             break
         time.sleep(poll)
     timeline.end = time.monotonic()
     return timeline
 
 
-def _settled(timeline: Timeline) -> bool:
-    """Every bound pod finished: the unbound ones will never run (their job is stuck)."""
-    return all(p.phase in TERMINAL for p in timeline.pods.values() if p.bound is not None)
+def _finished(timeline: Timeline, quiet: float, settle: float = 10.0) -> bool:
+    """Every pod finished; or every pod that was bound finished and nothing has moved for `settle` seconds, so
+    the unbound ones will never run (their job is stuck: what the kube-scheduler half shows)."""
+    pods = timeline.pods.values()
+    if all(p.phase in TERMINAL for p in pods):
+        return True
+    bound = [p for p in pods if p.bound is not None]
+    return bool(bound) and all(p.phase in TERMINAL for p in bound) and quiet >= settle
 
 
-def _update(times: PodTimes, pod: dict, now: float, on_change: Callable[[str, PodTimes, str], None] | None) -> None:
+def _update(times: PodTimes, pod: dict, now: float, on_change: Callable[[str, PodTimes, str], None] | None) -> bool:
+    """Record what changed since the last poll; True if anything did."""
     name = pod["metadata"]["name"]
     node = pod["spec"].get("nodeName")
     phase = (pod.get("status") or {}).get("phase", "Pending")
@@ -147,6 +153,7 @@ def _update(times: PodTimes, pod: dict, now: float, on_change: Callable[[str, Po
     if on_change:
         for e in events:
             on_change(name, times, e)
+    return bool(events)
 
 
 def delete_all(client: KubeClient, namespace: str, timeout: float = 60.0) -> None:
@@ -181,9 +188,8 @@ def say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gangsched.devcluster.procnode import ProcessNodes
-
     from gangsched.devcluster import DevCluster, ensure_binaries
+    from gangsched.devcluster.procnode import ProcessNodes
 
     say("gangsched demo: two 4-worker TensorFlow jobs on 6 GPUs, gangsched vs kube-scheduler")
     binaries = ensure_binaries(progress=say)
