@@ -95,11 +95,14 @@ def test_head_to_head_kube_scheduler_deadlocks_both_jobs(client, procnodes, name
         sched.stop()
     show(timeline, procnodes, namespace)
     by_job = timeline.jobs()
-    bound = {j: sum(p.bound is not None for p in pods) for j, pods in by_job.items()}
-    assert sum(bound.values()) == NODES * GPUS_PER_NODE, bound  # every GPU handed out ...
-    assert all(0 < n < 4 for n in bound.values()), bound  # ... to both jobs, neither whole
-    for pods in by_job.values():  # the workers that started waited for peers that never came, and gave up
-        assert all(p.phase == "Failed" for p in pods if p.bound is not None), [(p.node, p.phase) for p in pods]
+    first_failure = min(p.finished for pods in by_job.values() for p in pods if p.finished is not None)
+    placed = {j: sum(p.bound is not None and p.bound < first_failure for p in pods) for j, pods in by_job.items()}
+    assert sum(placed.values()) == NODES * GPUS_PER_NODE, placed  # every GPU handed out ...
+    assert all(0 < n < 4 for n in placed.values()), placed  # ... to both jobs, neither whole: a deadlock
+    for job, pods in by_job.items():
+        assert timeline.outcome(job) == "failed", job  # the workers waited for peers and gave up at the deadline
+        # the four workers of a job never ran at the same time (the last ones started after others had failed)
+        assert max(p.running or 0.0 for p in pods) > min(p.finished or 1e18 for p in pods), job
 
 
 def test_tf_parameter_server_job(client, procnodes, namespace, gangsched):
