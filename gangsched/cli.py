@@ -10,7 +10,9 @@ from gangsched.profile import ProfileError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gangsched import demo
     from gangsched.devcluster import cli as devcluster
+    from gangsched.live import run
     from gangsched.sim import packing, timed
 
     parser = argparse.ArgumentParser(prog="gangsched", description="GPU-aware gang scheduler for Kubernetes")
@@ -19,10 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     modes = sim.add_subparsers(dest="mode", required=True)
     packing.add_arguments(modes.add_parser("packing", help="FGD's packing experiment on the Alibaba 2023 trace"))
     timed.add_arguments(modes.add_parser("time", help="event-driven replay of the Philly job trace"))
-    from gangsched.live import run
-
     run.add_arguments(sub.add_parser("run", help="schedule pods on a Kubernetes cluster (secondary scheduler)"))
     devcluster.add_arguments(sub.add_parser("devcluster", help="a local control plane: etcd, kube-apiserver, KWOK"))
+    demo.add_arguments(sub.add_parser("demo", help="two 4-worker TF jobs on 6 GPUs: gangsched vs kube-scheduler"))
     return parser
 
 

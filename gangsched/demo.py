@@ -177,7 +177,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", type=Path, help="dev cluster state directory (default: a fresh temporary one)")
     p.add_argument("--workers", type=int, default=4, help="workers per job (default 4)")
     p.add_argument("--gpus", type=int, default=6, help="GPUs on the process nodes in all (default 6, 2 per node)")
-    p.add_argument("--deadline", type=int, default=60, help="start-up deadline of each training worker (s)")
+    p.add_argument("--deadline", type=int, default=45, help="start-up deadline of each training worker (s)")
     p.add_argument("--no-compare", action="store_true", help="skip the kube-scheduler half of the demo")
     p.add_argument("--keep", action="store_true", help="leave the dev cluster running afterwards")
     p.set_defaults(run=run)
