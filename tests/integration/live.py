@@ -139,7 +139,8 @@ class Cluster:
             devices = [int(d) for d in (p["metadata"].get("annotations") or {}).get(
                 GPU_DEVICES_ANNOTATION, "").split(",") if d]
             assert len(devices) == want, f"{p['metadata']['name']}: devices {devices} for {want} GPU(s)"
-            use.setdefault(node, []).extend(devices)
+            if want:
+                use.setdefault(node, []).extend(devices)
         for node, devices in use.items():
             assert len(devices) == len(set(devices)), f"{node}: a GPU handed out twice: {sorted(devices)}"
             cap = int(self.c.request("GET", f"/api/v1/nodes/{node}")["status"]["allocatable"]["nvidia.com/gpu"])

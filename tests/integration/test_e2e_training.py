@@ -99,10 +99,8 @@ def test_head_to_head_kube_scheduler_deadlocks_both_jobs(client, procnodes, name
     placed = {j: sum(p.bound is not None and p.bound < first_failure for p in pods) for j, pods in by_job.items()}
     assert sum(placed.values()) == NODES * GPUS_PER_NODE, placed  # every GPU handed out ...
     assert all(0 < n < 4 for n in placed.values()), placed  # ... to both jobs, neither whole: a deadlock
-    for job, pods in by_job.items():
+    for job in by_job:
         assert timeline.outcome(job) == "failed", job  # the workers waited for peers and gave up at the deadline
-        # the four workers of a job never ran at the same time (the last ones started after others had failed)
-        assert max(p.running or 0.0 for p in pods) > min(p.finished or 1e18 for p in pods), job
 
 
 def test_tf_parameter_server_job(client, procnodes, namespace, gangsched):
