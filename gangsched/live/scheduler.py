@@ -116,7 +116,6 @@ class LiveScheduler:
         self.workload_refresh = 30.0
         self.alive_at = time.monotonic()
         self.stats = {"gangs_scheduled": 0, "pods_bound": 0, "bind_errors": 0, "evicted": 0, "cycles": 0}
-        self.bind_seconds: list[float] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
     def start_informers(self, watch_timeout: int = 300) -> None:
@@ -486,7 +485,6 @@ class LiveScheduler:
         self.binder.in_flight -= 1
         req = out.request
         key = f"{req.namespace}/{req.name}"
-        self.bind_seconds.append(out.seconds)
         err = out.error
         if err is not None:
             self.stats["bind_errors"] += 1
@@ -500,7 +498,7 @@ class LiveScheduler:
             return
         if self.assumed.get(key) != req:
             return  # the pod was deleted (or re-created) meanwhile
-        if err.retriable and req.attempt + 1 < BIND_RETRIES:
+        if err.retriable and req.attempt + 1 < BIND_RETRIES and not self.stop.is_set():
             retry = BindRequest(**{**req.__dict__, "attempt": req.attempt + 1})
             self.assumed[key] = retry  # the reservation stays while we retry
             self.binder.submit(retry, delay=min(0.2 * 2 ** req.attempt, 5.0))
