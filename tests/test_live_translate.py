@@ -84,3 +84,11 @@ def test_rate_limiter_spaces_requests(monkeypatch):
     for _ in range(4):
         limiter.acquire()
     assert len(slept) == 2 and slept[-1] == pytest.approx(0.2, abs=0.02)
+
+
+def test_parse_time_reads_rfc3339_with_z():
+    from gangsched.live.translate import parse_time
+
+    assert parse_time("2026-11-22T10:00:00Z") == 1795341600.0
+    assert parse_time("2026-11-22T10:00:00.5Z") == 1795341600.5
+    assert parse_time(None) == 0.0 and parse_time("yesterday") == 0.0
