@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,21 +14,11 @@ from kubernetes.client.rest import ApiException
 
 from gangsched.devcluster import DevCluster, create_gpu_nodes, delete_nodes
 from gangsched.devcluster.nodes import GPU_RESOURCE
+from tests.integration.live import wait_for
 
 pytestmark = pytest.mark.integration
 
 PG = {"group": "scheduling.x-k8s.io", "version": "v1alpha1", "plural": "podgroups"}
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def node_ready(core: client.CoreV1Api, name: str) -> bool:
