@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import platform
 import sys
 import time
@@ -78,7 +77,7 @@ from gangsched.model import (  # noqa: E402
     demand,
 )
 from gangsched.profile import load_profile  # noqa: E402
-from gangsched.sim.report import table, write_json  # noqa: E402
+from gangsched.sim.report import cpus, load_average, table, write_json  # noqa: E402
 from gangsched.state import CapacityError, ClusterState  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "core_throughput.json"
@@ -359,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     baseline: dict[str, Any] = {}
     rows = []
-    started, load_before = time.time(), _load()
+    started, load_before = time.time(), load_average()
     for n in sizes:
         nodes = build_nodes(n)
         base = numpy_pass_ms(nodes, 20 if args.quick else 300)
@@ -400,12 +399,12 @@ def main(argv: list[str] | None = None) -> int:
             "numpy": np.__version__,
             "machine": platform.machine(),
             "processor": platform.processor(),
-            "cpus": _cpus(),
+            "cpus": cpus(),
             "quick": args.quick,
             "repeat": args.repeat,
             "seconds": round(time.time() - started, 1),
             "load_average_before": load_before,
-            "load_average_after": _load(),
+            "load_average_after": load_average(),
             "counts": counts.__dict__,
             "cluster": "8 GPUs/node in 2 NVLink groups of 4; racks of 40; H100/A100/L40S racks 4:4:2; "
                        "~1.5% tainted, ~0.3% cordoned; ~45% of GPUs prefilled",
@@ -421,15 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, doc)
     print(f"\nwrote {args.out}")
     return 0
-
-
-def _cpus() -> int | None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _load() -> list[float] | None:
-    """1/5/15-minute load averages: how busy the machine was with other work."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 if __name__ == "__main__":

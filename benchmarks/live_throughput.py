@@ -76,7 +76,7 @@ from gangsched.devcluster.nodes import GPU_RESOURCE, gpu_node_manifest  # noqa: 
 from gangsched.live.binder import Binder, BindRequest  # noqa: E402
 from gangsched.live.kube import ApiError, KubeClient, now_rfc3339  # noqa: E402
 from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
-from gangsched.sim.report import table, write_json  # noqa: E402
+from gangsched.sim.report import cpus, load_average, table, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUT = RESULTS / "live_throughput.json"
@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="live-throughput-logs-"))
     own = args.kubeconfig is None
     cluster: DevCluster | None = None
-    started, load_before = time.time(), _load()
+    started, load_before = time.time(), load_average()
     admin: KubeClient | None = None
     created = 0
     kwok_stopped = False
@@ -678,9 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     doc = {
         "meta": {
-            "python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus(),
+            "python": platform.python_version(), "machine": platform.machine(), "cpus": cpus(),
             "seconds": round(time.time() - started, 1), "load_average_before": load_before,
-            "load_average_after": _load(), "run": run, "own_cluster": own, "kwok_stopped": kwok_stopped,
+            "load_average_after": load_average(), "run": run, "own_cluster": own, "kwok_stopped": kwok_stopped,
             "pods": args.pods, "repeat": args.repeat, "qps": args.qps, "burst": args.burst,
             "bind_workers": args.bind_workers,
             "timeout_s": args.timeout, "node": "8 nvidia.com/gpu, 64 cpu, 512Gi, racks of 40",
@@ -747,14 +747,6 @@ def report(runs: list[dict[str, Any]]) -> str:
                  if name.startswith("goal_") and met is not None]
         lines.append(f"{key}: gangsched {c['gangsched_pods_per_s']:.1f} pods/s; " + "; ".join(goals))
     return "\n".join(lines)
-
-
-def _cpus() -> int | None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _load() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 if __name__ == "__main__":

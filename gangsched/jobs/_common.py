@@ -13,6 +13,12 @@ from typing import Any
 
 import numpy as np
 
+# The same tiny model and schedule in every job: 20 steps of a 8-16-1 MLP on synthetic data.
+STEPS = 20
+BATCH = 32
+DIM, HIDDEN = 8, 16
+LR = 0.05
+
 DEFAULT_STARTUP_DEADLINE = 120.0
 # Once the cluster has formed, a peer dying mid-run can still leave the others blocked in a collective forever;
 # this bounds the whole run so that no job can outlive its pod's purpose.

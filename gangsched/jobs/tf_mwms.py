@@ -17,6 +17,11 @@ import sys
 import time
 
 from gangsched.jobs._common import (
+    BATCH,
+    DIM,
+    HIDDEN,
+    LR,
+    STEPS,
     arm_watchdog,
     disarm_watchdog,
     log,
@@ -26,11 +31,6 @@ from gangsched.jobs._common import (
     tf_config,
     weights_digest,
 )
-
-STEPS = 20
-BATCH = 32
-DIM, HIDDEN = 8, 16
-LR = 0.05
 
 
 def main() -> int:

@@ -24,6 +24,11 @@ import time
 from typing import Any
 
 from gangsched.jobs._common import (
+    BATCH,
+    DIM,
+    HIDDEN,
+    LR,
+    STEPS,
     arm_watchdog,
     disarm_watchdog,
     log,
@@ -34,10 +39,6 @@ from gangsched.jobs._common import (
     weights_digest,
 )
 
-STEPS = 20
-BATCH = 32
-DIM, HIDDEN = 8, 16
-LR = 0.05
 POLL_SECONDS = 0.5
 GONE_AFTER = 6  # consecutive refused connections (3 s) before the chief counts as gone, not restarting a socket
 

@@ -20,6 +20,11 @@ import sys
 import time
 
 from gangsched.jobs._common import (
+    BATCH,
+    DIM,
+    HIDDEN,
+    LR,
+    STEPS,
     arm_watchdog,
     disarm_watchdog,
     log,
@@ -28,11 +33,6 @@ from gangsched.jobs._common import (
     summary,
     weights_digest,
 )
-
-STEPS = 20
-BATCH = 32
-DIM, HIDDEN = 8, 16
-LR = 0.05
 
 
 def _loopback(host: str) -> bool:

@@ -255,14 +255,15 @@ class LiveScheduler:
         old = self.pods.get(key)
         if old is not None and old.obj["metadata"].get("uid") == meta.get("uid") and all(
                 old.obj["spec"].get(f) == spec.get(f) for f in _DEMAND_FIELDS) and _models(old.obj) == _models(obj):
-            demand, error = old.demand, old.error  # most events (binding, status) leave what it asks for alone
+            # most events (binding, status) leave what it asks for alone
+            demand, error, creation = old.demand, old.error, old.creation
         else:
             demand, error = _demand(obj)
+            creation = parse_time(meta.get("creationTimestamp"))
         info = PodInfo(key=key, obj=obj, ours=spec.get("schedulerName") == self.scheduler_name,
                        node=spec.get("nodeName") or None, phase=status.get("phase", "Pending"),
                        gang=self.gang_key(ns, name, group), group=f"{ns}/{group}" if group else None,
-                       demand=demand, error=error, priority=int(prio),
-                       creation=parse_time(meta.get("creationTimestamp")))
+                       demand=demand, error=error, priority=int(prio), creation=creation)
         if old is not None and old.obj["metadata"].get("uid") != meta.get("uid"):
             self._pod_delete(key)  # deleted and re-created under the same name while we were not watching
             old = None
@@ -530,8 +531,9 @@ class LiveScheduler:
             if not isinstance(group, PodGroup):
                 continue
             need = group.min_member
+            members = self.group_members.get(group.key, ())
             if len(track.bound) >= need or len(track.bound) + sum(
-                    1 for p in self.pods.values() if p.gang == track.key and p.phase == "Succeeded") >= need:
+                    1 for k in members if k in self.pods and self.pods[k].phase == "Succeeded") >= need:
                 track.incomplete_since = None
                 continue
             if track.incomplete_since is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,13 @@ def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[Any]])
         w = csv.writer(f)
         w.writerow(headers)
         w.writerows(rows)
+
+
+def cpus() -> int | None:
+    """CPUs this process may use (benchmarks record it beside their numbers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: how busy the machine was with other work."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
