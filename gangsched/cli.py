@@ -8,6 +8,9 @@ import sys
 from gangsched.model import ModelError
 from gangsched.profile import ProfileError
 
+# Optional dependencies, by the extra that installs them; the scheduler itself (`gangsched run`) needs none.
+EXTRAS = {"tqdm": "sim", "matplotlib": "sim", "cryptography": "devcluster"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from gangsched import demo
@@ -33,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (ModelError, ProfileError, FileNotFoundError) as e:
         print(f"gangsched: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        module = (e.name or "").partition(".")[0]
+        if module not in EXTRAS:
+            raise  # a missing core dependency or a bug: the traceback is the useful report
+        extra = EXTRAS[module]
+        command = " ".join(filter(None, (args.command, getattr(args, "mode", None), getattr(args, "action", None))))
+        print(f"gangsched: error: `gangsched {command}` needs {module}, from the '{extra}' extra: "
+              f"pip install 'gangsched[{extra}]'", file=sys.stderr)
         return 2
 
 

@@ -12,14 +12,14 @@ one full evaluation plus 63 one-row refreshes, and a stream of identical single 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gangsched.framework import ALL, CycleContext, Diagnosis, GangInfo
+from gangsched.framework import ALL, CycleContext, Diagnosis, ExplainingFilter, GangInfo, StaticFilter
 from gangsched.model import GPU, Demand, ModelError, Pod
 from gangsched.profile import Profile
+from gangsched.result import SUCCESS, Code, Status
 from gangsched.state import Assignment, ClusterState
 
 
@@ -33,14 +33,16 @@ class _Entry:
 
 
 class Evaluator:
-    """Filters marked `static = True` read only node attributes (labels, taints, models, cordons), which change
-    only with the state's epoch: a refresh skips them and re-runs the other filters only on dirty rows that
-    passed them. Results are the same as running every filter on every dirty row."""
+    """`StaticFilter`s read only node attributes (labels, taints, models, cordons), which change only with the
+    state's epoch: a refresh skips them and re-runs the other filters only on dirty rows that passed them.
+    Results are the same as running every filter on every dirty row."""
 
     def __init__(self, profile: Profile, ctx: CycleContext, capacity: int = 128):
         self.profile, self.ctx, self.capacity = profile, ctx, capacity
-        self.static_filters = [f for f in profile.filters if getattr(f, "static", False)]
-        self.dynamic_filters = [f for f in profile.filters if not getattr(f, "static", False)]
+        self.static_filters = [f for f in profile.filters if isinstance(f, StaticFilter)]
+        self.dynamic_filters = [f for f in profile.filters if not isinstance(f, StaticFilter)]
+        # per filter in profile order, its `explain` if it is an ExplainingFilter (checked once, not per diagnosis)
+        self._explainers = [(f, f.explain if isinstance(f, ExplainingFilter) else None) for f in profile.filters]
         self.cached_scores = [(p, w) for p, w in profile.scores if p.per_node]
         self.live_scores = [(p, w) for p, w in profile.scores if not p.per_node]
         self._cache: OrderedDict[Demand, _Entry] = OrderedDict()
@@ -50,6 +52,10 @@ class Evaluator:
 
     def mask(self, demand: Demand) -> np.ndarray:
         return self._entry(demand).mask
+
+    def static_mask(self, demand: Demand) -> np.ndarray:
+        """bool [N]: the nodes whose attributes admit the demand, whatever their usage."""
+        return self._entry(demand).static
 
     def _entry(self, demand: Demand) -> _Entry:
         state = self.ctx.state
@@ -128,13 +134,12 @@ class Evaluator:
         state = self.ctx.state
         diag = Diagnosis(state.n_nodes)
         remaining = np.arange(state.n_nodes)
-        for f in self.profile.filters:
+        for f, explain in self._explainers:
             if not remaining.size:
                 break
             ok = f(self.ctx, demand, remaining)
             rejected = remaining[~ok]
             if rejected.size:
-                explain = getattr(f, "explain", None)
                 if explain is not None:
                     diag.reasons.update(explain(self.ctx, demand, rejected))
                 else:
@@ -157,23 +162,20 @@ def _add_weighted(total: np.ndarray | None, weight: float, score: np.ndarray) ->
 @dataclass
 class GangResult:
     gang: GangInfo
+    status: Status = SUCCESS
     placed: list[Assignment] = field(default_factory=list)
     waiting: dict[str, Diagnosis] = field(default_factory=dict)  # pod key -> why it found no node
-    error: str | None = None  # the gang can never be placed as specified
 
     @property
     def ok(self) -> bool:
-        return self.error is None and bool(self.placed or not self.gang.pods)
+        return self.status.ok
+
+    @property
+    def code(self) -> Code:
+        return self.status.code
 
     def message(self) -> str:
-        if self.error:
-            return self.error
-        if self.ok:
-            return f"placed {len(self.placed)} pod(s)"
-        first = next(iter(self.waiting.values()), None)
-        need = self.gang.group.min_member
-        return (f"{len(self.gang.pods) - len(self.waiting)}/{len(self.gang.pods)} pods fit, minMember={need}"
-                + (f"; {first.message()}" if first else ""))
+        return self.status.message or f"placed {len(self.placed)} pod(s)"
 
 
 class Scheduler:
@@ -237,15 +239,24 @@ class Scheduler:
             return int(feasible[best[0]])
         return int(feasible[best[self.ctx.rng.integers(len(best))]])
 
-    def schedule_gang(self, gang: GangInfo, bound: Sequence[Assignment] = ()) -> GangResult:
-        """Place the gang's pods whole: at least minMember (counting `bound`, members already running)
-        get nodes and devices, or the state is left exactly as it was."""
-        group = gang.group
+    def schedule_gang(self, gang: GangInfo) -> GangResult:
+        """Place the gang's pods whole: at least minMember (counting `gang.bound`, members already holding
+        nodes) get nodes and devices, or the state is left exactly as it was."""
+        group, bound = gang.group, gang.bound
         result = GangResult(gang)
-        if group.min_member > len(gang.pods) + len(bound):
-            result.error = (f"PodGroup {group.key}: spec.minMember={group.min_member} but only "
-                            f"{len(gang.pods) + len(bound)} pod(s) of the group exist")
+        if not gang.pods:
+            result.status = Status.unresolvable(f"gang {group.key}: no member waits for a node")
             return result
+        if group.min_member > len(gang.pods) + len(bound):
+            result.status = Status.unresolvable(
+                f"PodGroup {group.key}: spec.minMember={group.min_member} but only "
+                f"{len(gang.pods) + len(bound)} pod(s) of the group exist")
+            return result
+        if not bound and group.min_resources:
+            short = self._min_resources_short(group.min_resources)
+            if short:
+                result.status = Status.unschedulable(f"PodGroup {group.key}: spec.minResources {short}")
+                return result
         gang_nodes = np.zeros(self.state.n_nodes, dtype=bool)
         for a in bound:
             gang_nodes[a.node] = True
@@ -253,23 +264,67 @@ class Scheduler:
         failed: dict[Demand, Diagnosis] = {}
         # biggest members first: they have the fewest candidate nodes
         order = sorted(gang.pods, key=lambda p: p.demand.gpu_total_milli, reverse=True)
-        with self.state.trial() as trial:
-            for i, pod in enumerate(order):
-                diag = failed.get(pod.demand) if failed else None  # an identical member already found no node
-                outcome = diag if diag is not None else self.place_pod(pod)
-                if isinstance(outcome, Diagnosis):
-                    failed[pod.demand] = outcome
-                    result.waiting[pod.key] = outcome
-                    if len(result.placed) + len(bound) + len(order) - i - 1 < group.min_member:
-                        break  # minMember is out of reach
-                else:
-                    result.placed.append(outcome)
-                    gang_nodes[outcome.node] = True
+        try:
+            with self.state.trial() as trial:
+                for i, pod in enumerate(order):
+                    diag = failed.get(pod.demand) if failed else None  # an identical member already found no node
+                    outcome = diag if diag is not None else self.place_pod(pod)
+                    if isinstance(outcome, Diagnosis):
+                        failed[pod.demand] = outcome
+                        result.waiting[pod.key] = outcome
+                        if len(result.placed) + len(bound) + len(order) - i - 1 < group.min_member:
+                            break  # minMember is out of reach
+                    else:
+                        result.placed.append(outcome)
+                        gang_nodes[outcome.node] = True
+                if result.placed and len(result.placed) + len(bound) >= group.min_member:
+                    trial.commit()
+                    return result
+        finally:
             self.ctx.gang_nodes = None
-            if len(result.placed) + len(bound) >= group.min_member:
-                trial.commit()
-                return result
         for pod in order[len(result.placed) + len(result.waiting):]:
             result.waiting.setdefault(pod.key, next(iter(failed.values())))
-        result.placed = []
+        placed, result.placed = len(result.placed), []
+        first = next(iter(failed.values()))
+        if len(bound) >= group.min_member:  # the gang runs; these extra members wait for room
+            msg = (f"gang {group.key} runs with {len(bound)} of {len(bound) + len(order)} pods "
+                   f"(minMember={group.min_member}); this pod waits for room: {first.message()}")
+        else:
+            msg = (f"{placed}/{len(order)} pods fit, minMember={group.min_member}"
+                   + (f" ({len(bound)} bound)" if bound else "") + f"; {first.message()}")
+        resolvable = self._could_fit_empty(gang, failed)
+        result.status = Status.unschedulable(msg) if resolvable else Status.unresolvable(msg)
         return result
+
+    def _could_fit_empty(self, gang: GangInfo, failed: dict[Demand, Diagnosis]) -> bool:
+        """False when no amount of freed capacity can place the gang: a member the pre-check rejects or
+        that no node admits by its attributes (selectors, taints, GPU model, cordons), or more GPUs than all
+        the nodes that admit the members have."""
+        for d, diag in failed.items():
+            if diag.unschedulable or not self.evaluator.static_mask(d).any():
+                return False
+        need = gang.group.min_member - len(gang.bound)
+        gpus = sorted(p.demand.gpu_total_milli for p in gang.pods)[:max(need, 0)]
+        if not sum(gpus):
+            return True
+        admits = np.zeros(self.state.n_nodes, dtype=bool)
+        for d in {p.demand for p in gang.pods}:
+            admits |= self.evaluator.static_mask(d)
+        return int(self.state.gpu_cap[admits].sum()) >= sum(gpus)
+
+    def _min_resources_short(self, min_resources: tuple[tuple[str, int], ...]) -> str:
+        """coscheduling's PreFilter: the schedulable nodes' free resources must cover the group's
+        minResources before any member is placed. Empty if they do, else what is short."""
+        state = self.state
+        usable = ~state.unschedulable
+        short = []
+        for res, qty in min_resources:
+            if res == GPU:
+                free = int((state.gpu_free[usable] // 1000).sum())
+            elif res in state.res_index:
+                free = int(state.free[usable, state.res_index[res]].sum())
+            else:
+                free = 0
+            if free < qty:
+                short.append(f"{res}={qty} exceeds the {free} free")
+        return ", ".join(short)

@@ -7,13 +7,27 @@ node; the reserve stage), and bind (done by the adapter: the simulator, the live
 Filters and scores take `rows`, an index array or `slice(None)`, and return one value per selected node, so
 the core can re-evaluate just the rows whose usage changed (see `core.Evaluator`). A plugin is a pure
 function of the state's rows and the demand unless it sets `per_node = False`.
+
+What a plugin is, beyond its stage, it declares through the capability protocols below, which the core and the
+profile check with `isinstance` and tests/test_plugin_contract.py checks against what the plugin does:
+
+  StaticFilter     `static: Final = True`           reads node attributes only (labels, taints, models, cordons),
+                                                    so its result changes only with the state's epoch
+  ExplainingFilter `def explain(ctx, demand, rows)`  counts the reasons of the rejected rows, for FailedScheduling
+  WorkloadAware    `reads_workload: Final = True`   reads `ctx.workload` (a score, device picker or filter)
+
+The rule: a runtime-checkable Protocol's isinstance only asks whether the member exists, so a plugin declares a
+capability by having the member and denies it by not having it, never by `static = False` (which isinstance
+would read as static; the contract test rejects a marker whose value is not True). `Final` keeps a subclass
+from overriding a marker: a plugin that inherits one has the capability.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,7 +35,7 @@ from gangsched.model import Demand, Pod, PodGroup
 
 if TYPE_CHECKING:
     from gangsched.frag import Workload
-    from gangsched.state import ClusterState
+    from gangsched.state import Assignment, ClusterState
 
 Rows = np.ndarray | slice
 ALL: slice = slice(None)
@@ -64,10 +78,38 @@ class PreFilterPlugin(Protocol):
         """None if the demand can be considered at all, else the reason it never fits."""
 
 
+@runtime_checkable
 class DevicePicker(Protocol):
     name: str
 
     def __call__(self, ctx: CycleContext, demand: Demand, node: int) -> tuple[int, ...]: ...
+
+
+# ---- capabilities (see the module docstring for how a plugin declares one) -------------------------------------
+@runtime_checkable
+class StaticFilter(FilterPlugin, Protocol):
+    """A filter that reads node attributes only (labels, taints, GPU models, cordons), never usage: its result
+    changes only when the state's epoch does, so `core.Evaluator` skips it when refreshing rows whose usage changed."""
+
+    @property
+    def static(self) -> Literal[True]: ...
+
+
+@runtime_checkable
+class ExplainingFilter(FilterPlugin, Protocol):
+    """A filter that says more than its one `reason` about the nodes it rejects."""
+
+    def explain(self, ctx: CycleContext, demand: Demand, rows: np.ndarray) -> Counter[str]:
+        """Reason -> number of the given (rejected) rows it applies to; every row counts under at least one."""
+
+
+@runtime_checkable
+class WorkloadAware(Protocol):
+    """A plugin (typically a score or device picker) that reads `ctx.workload`, the workload's typical pod mix
+    (FGD); a profile with one `needs_workload`. Every other plugin gives the same result whatever the workload."""
+
+    @property
+    def reads_workload(self) -> Literal[True]: ...
 
 
 class QueueSortPlugin(Protocol):
@@ -79,13 +121,21 @@ class QueueSortPlugin(Protocol):
 
 @dataclass
 class GangInfo:
-    """A gang as the queue sees it: its group (a synthetic one of min_member 1 for a lone pod) and pods."""
+    """A gang as the queue sees it: its group (a synthetic one of min_member 1 for a lone pod), the members
+    waiting for a node (`pods`) and those already holding one (`bound`: running, or being bound).
+    `key` identifies it in the queue; by default the group's key."""
 
     group: PodGroup
     pods: list[Pod]
     enqueued: float = 0.0
     duration: float | None = None  # known run time, for shortest-first policies in simulation
     attempts: int = 0
+    bound: Sequence[Assignment] = ()
+    key: Hashable = None
+
+    def __post_init__(self) -> None:
+        if self.key is None:
+            self.key = self.group.key
 
     @property
     def priority(self) -> int:

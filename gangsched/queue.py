@@ -8,6 +8,7 @@ a stream of small ones.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from gangsched.framework import GangInfo
@@ -56,12 +57,12 @@ class GangQueue:
         self.sort = sort
         self.starvation_seconds = starvation_seconds
         self.backfill = backfill
-        self.pending: dict[str, GangInfo] = {}
+        self.pending: dict[Hashable, GangInfo] = {}
 
     def add(self, gang: GangInfo) -> None:
-        self.pending[gang.group.key] = gang
+        self.pending[gang.key] = gang
 
-    def remove(self, key: str) -> GangInfo | None:
+    def remove(self, key: Hashable) -> GangInfo | None:
         return self.pending.pop(key, None)
 
     def __len__(self) -> int:

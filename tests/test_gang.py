@@ -9,10 +9,16 @@ from conftest import RACK, Snapshot, check_invariants, cpu_node, gang, gpu_node,
 
 from gangsched.core import Scheduler
 from gangsched.devices import BestDevice, TopologyDevice
-from gangsched.framework import Diagnosis
+from gangsched.framework import Diagnosis, GangInfo
 from gangsched.model import GIB, ModelError, PodGroup, Taint, TaintEffect, Toleration
 from gangsched.profile import parse_profile
+from gangsched.result import Code, Status
 from gangsched.state import ClusterState
+
+
+def with_bound(g: GangInfo, bound: list) -> GangInfo:
+    g.bound = tuple(bound)
+    return g
 
 
 def placement(sched: Scheduler) -> dict[str, str]:
@@ -24,8 +30,9 @@ def test_min_member_larger_than_the_gang_is_an_error() -> None:
     sched = scheduler([gpu_node("n0")])
     before = Snapshot.of(sched.state)
     result = sched.schedule_gang(gang("job", [pod("a"), pod("b")], min_member=3))
-    assert result.error == "PodGroup default/job: spec.minMember=3 but only 2 pod(s) of the group exist"
-    assert not result.ok and result.message() == result.error and result.placed == []
+    assert result.status == Status.unresolvable(
+        "PodGroup default/job: spec.minMember=3 but only 2 pod(s) of the group exist")
+    assert not result.ok and result.placed == []
     before.assert_equals(sched.state)
 
 
@@ -47,8 +54,9 @@ def test_a_pod_that_fits_no_node_even_when_empty(member, message: str) -> None:
     diag = result.waiting[f"default/{member.name}"]
     assert diag.unschedulable == message and diag.message() == message
     assert not result.ok and sched.state.assignments == {}
-    # the gang stops at its first member that can never fit, before trying the others
-    assert result.message() == f"0/2 pods fit, minMember=2; {message}"
+    # the gang stops at its first member that can never fit, before trying the others; freeing capacity
+    # cannot help, so the gang waits for a change to itself or to the nodes
+    assert result.status == Status.unresolvable(f"0/2 pods fit, minMember=2; {message}")
 
 
 def test_failed_scheduling_message_counts_nodes_per_reason() -> None:
@@ -89,7 +97,8 @@ def test_gang_that_does_not_fit_leaves_nothing_reserved() -> None:
     result = sched.schedule_gang(job)
     assert not result.ok and result.placed == []
     before.assert_equals(sched.state)
-    # three members had found nodes before the fourth did not
+    # three members had found nodes before the fourth did not; 32 GPUs on 24 can never fit
+    assert result.code == Code.UNRESOLVABLE
     assert result.message() == ("3/4 pods fit, minMember=4; 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     assert sched.ctx.gang_nodes is None
 
@@ -109,14 +118,53 @@ def test_min_member_counts_members_already_running() -> None:
     first = sched.schedule_gang(gang("job", [pod("w0", gpus=2)], min_member=1))
     home = first.placed[0].node_name
     # two more members of 4 GPUs: only the other node has room for one; 1 running + 1 placed < 3
-    result = sched.schedule_gang(gang("job", [pod("w1", gpus=4), pod("w2", gpus=4)], min_member=3), bound=first.placed)
-    assert not result.ok and result.error is None
+    result = sched.schedule_gang(with_bound(gang("job", [pod("w1", gpus=4), pod("w2", gpus=4)], min_member=3),
+                                            first.placed))
+    assert result.code == Code.UNSCHEDULABLE
+    assert result.message() == ("1/2 pods fit, minMember=3 (1 bound); "
+                                "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.")
     assert set(sched.state.assignments) == {"default/w0"}
     # 1 running + 1 placed >= 2; a 2-GPU member goes next to the running one
-    result = sched.schedule_gang(gang("job", [pod("w3", gpus=2)], min_member=2), bound=first.placed)
+    result = sched.schedule_gang(with_bound(gang("job", [pod("w3", gpus=2)], min_member=2), first.placed))
     assert result.ok and result.placed[0].node_name == home
-    result = sched.schedule_gang(gang("job", [pod("w4")], min_member=3), bound=first.placed)
-    assert result.error == "PodGroup default/job: spec.minMember=3 but only 2 pod(s) of the group exist"
+    result = sched.schedule_gang(with_bound(gang("job", [pod("w4")], min_member=3), first.placed))
+    assert result.status == Status.unresolvable(
+        "PodGroup default/job: spec.minMember=3 but only 2 pod(s) of the group exist")
+
+
+def test_a_member_beyond_min_member_of_a_running_gang_is_told_the_gang_runs() -> None:
+    sched = scheduler([gpu_node("n0", gpus=4)], "binpack")
+    first = sched.schedule_gang(gang("job", [pod(f"w{i}", gpus=1) for i in range(3)], min_member=2))
+    assert first.ok and len(first.placed) == 3
+    sched.state.assign("other", pod("o", gpus=1).demand, 0, (3,))
+    result = sched.schedule_gang(with_bound(gang("job", [pod("w3", gpus=1)], min_member=2), first.placed))
+    assert result.code == Code.UNSCHEDULABLE and result.placed == []
+    assert result.message() == ("gang default/job runs with 3 of 4 pods (minMember=2); this pod waits for room: "
+                                "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+
+
+def test_a_gang_larger_than_every_admitting_node_together_is_unresolvable() -> None:
+    sched = scheduler([gpu_node("n0", gpus=8), gpu_node("n1", gpus=8, labels={"zone": "b"})])
+    job = gang("job", [pod(f"w{i}", gpus=8, node_selector=(("zone", "b"),)) for i in range(2)])
+    assert sched.schedule_gang(job).code == Code.UNRESOLVABLE  # one node of zone b: 8 GPUs for 16
+    job = gang("job", [pod(f"w{i}", gpus=8) for i in range(3)])
+    assert sched.schedule_gang(job).code == Code.UNRESOLVABLE  # 24 GPUs on 16
+    sched.state.assign("busy", pod("b", gpus=1).demand, 0, (0,))
+    job = gang("job", [pod(f"w{i}", gpus=8) for i in range(2)])
+    assert sched.schedule_gang(job).code == Code.UNSCHEDULABLE  # fits once "busy" goes
+
+
+def test_min_resources_are_checked_before_any_member_is_placed() -> None:
+    sched = scheduler([gpu_node("n0", gpus=8), gpu_node("n1", gpus=8)])
+    sched.state.assign("busy", pod("b", gpus=6).demand, 0, tuple(range(6)))
+    job = gang("job", [pod("w0", gpus=1)], min_member=1)
+    job.group = PodGroup("job", 1, min_resources=(("nvidia.com/gpu", 11),))
+    result = sched.schedule_gang(job)
+    assert result.status == Status.unschedulable(
+        "PodGroup default/job: spec.minResources nvidia.com/gpu=11 exceeds the 10 free")
+    assert set(sched.state.assignments) == {"busy"}
+    job.group = PodGroup("job", 1, min_resources=(("nvidia.com/gpu", 10),))
+    assert sched.schedule_gang(job).ok
 
 
 def test_gang_members_of_one_shape_share_a_diagnosis() -> None:

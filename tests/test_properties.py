@@ -37,6 +37,7 @@ from gangsched.frag import Workload
 from gangsched.framework import ALL
 from gangsched.model import Pod, demand
 from gangsched.profile import FILTERS, load_profile, shipped_profiles
+from gangsched.result import Code
 from gangsched.state import CapacityError, ClusterState
 
 PROFILES = st.sampled_from(shipped_profiles())
@@ -83,7 +84,7 @@ def test_gang_is_placed_whole_or_not_at_all(nodes, profile: str, data: st.DataOb
         result = sched.schedule_gang(gang)
         placed = keys & set(state.assignments)
         note(f"{gang.group.key}: minMember={gang.group.min_member}, placed {sorted(placed)}")
-        assert result.error is None
+        assert result.code != Code.ERROR
         if placed:
             placed_any = True
             assert len(placed) >= gang.group.min_member

@@ -200,6 +200,8 @@ class DevCluster:
 
     def up(self, wait: bool = True, timeout: float = 120.0, progress: Any = print) -> DevCluster:
         """Start the control plane; a no-op when this state dir's cluster is already running."""
+        import cryptography  # noqa: F401  (the devcluster extra, for pki.generate: fail before building binaries)
+
         if self.running():
             self._adopt()
             return self

@@ -8,9 +8,11 @@ then talk JSON dicts over that pool directly. Its generated models cost about a 
 from __future__ import annotations
 
 import json
+import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +20,19 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.watch.watch import iter_resp_lines
+
+NOT_LEADER = "NotLeader"  # ApiError.reason of a write the fence stopped; never sent, so never retried
+WRITE_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # the ones that take ?fieldManager=
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gangsched")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "dev"
+
+
+USER_AGENT = f"gangsched/{_version()} ({platform.system().lower()}/{platform.machine().lower()})"
 
 
 class ApiError(RuntimeError):
@@ -29,6 +44,8 @@ class ApiError(RuntimeError):
 
     @property
     def retriable(self) -> bool:
+        if self.reason == NOT_LEADER:  # retrying cannot help: this replica must not write any more
+            return False
         return self.status in (0, 429) or self.status >= 500
 
 
@@ -56,8 +73,13 @@ class RateLimiter:
 
 
 class KubeClient:
+    """`fence`, when set, is asked right before every write (any method but GET) is sent; False stops the write
+    with ApiError(0, NOT_LEADER) — e.g. `LeaderElector.holds`, so a replica that lost its lease writes nothing.
+    `field_manager` names us in the objects' managedFields (the server would otherwise take the User-Agent)."""
+
     def __init__(self, configuration: k8s_client.Configuration, qps: float = 50.0, burst: int = 100,
-                 pool_size: int = 32):
+                 pool_size: int = 32, fence: Callable[[], bool] | None = None, field_manager: str = "gangsched",
+                 user_agent: str = USER_AGENT):
         configuration.connection_pool_maxsize = pool_size
         self.configuration = configuration
         self.api_client = k8s_client.ApiClient(configuration)
@@ -65,6 +87,9 @@ class KubeClient:
         self.host = configuration.host.rstrip("/")
         self.limiter = RateLimiter(qps, burst)
         self.requests = 0  # total API requests sent, for benchmarks
+        self.fence = fence
+        self.field_manager = field_manager
+        self.user_agent = user_agent
 
     @classmethod
     def load(cls, kubeconfig: str | None = None, **kwargs: Any) -> KubeClient:
@@ -79,7 +104,7 @@ class KubeClient:
         return cls(cfg, **kwargs)
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if content_type:
             headers["Content-Type"] = content_type
         cfg = self.configuration
@@ -94,16 +119,27 @@ class KubeClient:
         return f"{self.host}{path}?{urlencode(query)}" if query else f"{self.host}{path}"
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                content_type: str = "application/json", timeout: float = 30.0, limit: bool = True) -> dict:
-        """One API call; the decoded JSON reply, or ApiError (status 0 for a connection failure)."""
+                content_type: str = "application/json", timeout: float = 30.0, limit: bool = True,
+                fenced: bool = True) -> dict:
+        """One API call; the decoded JSON reply, or ApiError (status 0 for a connection failure).
+
+        `timeout` bounds the whole call (connect and read). `fenced=False` skips the write fence: only for the
+        leader election's own Lease requests, which must go out precisely when the fence is down."""
+        method = method.upper()
+        if self.field_manager and method in WRITE_METHODS_WITH_BODY and "fieldManager" not in (query or {}):
+            query = dict(query or {}, fieldManager=self.field_manager)
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         if limit:
             self.limiter.acquire()
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = self._headers(content_type if data is not None else None)
+        # Last thing before sending, after the rate limiter's wait (which can be long): the lease may be gone.
+        if fenced and method != "GET" and self.fence is not None and not self.fence():
+            raise ApiError(0, NOT_LEADER, f"not sent: {method} {path} (this replica does not hold the lease)")
         self.requests += 1
         try:
-            resp = self.pool.request(method, self.url(path, query), body=data,
-                                     headers=self._headers(content_type if data is not None else None),
-                                     timeout=urllib3.Timeout(connect=5.0, read=timeout), retries=False)
+            resp = self.pool.request(method, self.url(path, query), body=data, headers=headers,
+                                     timeout=urllib3.Timeout(total=timeout, connect=min(5.0, timeout), read=timeout),
+                                     retries=False)
         except urllib3.exceptions.HTTPError as e:
             raise ApiError(0, "ConnectionError", str(e)) from None
         payload = resp.data

@@ -182,6 +182,7 @@ def _task(args: tuple[str, str, str, int, float]) -> tuple[str, str, int, Curves
 
 
 def main(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (the sim extra, for the plots at the end: fail now, not after the runs)
     from tqdm import tqdm
 
     data = data_dir(args.data)

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from gangsched.core import Scheduler
+from gangsched.core import GangResult, Scheduler
+from gangsched.cycle import run_pass
 from gangsched.framework import GangInfo
 from gangsched.model import Node, Pod, PodGroup
 from gangsched.profile import Profile
 from gangsched.queue import Fifo, GangQueue, PriorityFifo, ShortestFirst, SmallestFirst
+from gangsched.result import Code, Status
 from gangsched.sim.philly import GPUS_PER_NODE, Job, pod_demands
 from gangsched.state import ClusterState
 
@@ -42,6 +43,7 @@ COMPLETION, ARRIVAL, STARVING = 0, 1, 2
 STATIC_SORTS = (Fifo, PriorityFifo, ShortestFirst, SmallestFirst)  # key(gang, now) ignores now
 
 Shape = tuple[str, int]  # (vc, GPUs)
+_SHAPE_FAILED = Status.unschedulable("its shape failed since its vc last freed GPUs")
 
 
 class SimClock:
@@ -100,6 +102,8 @@ class TimeReplay:
         self.out = Outcome(jobs, np.full(len(jobs), np.nan), np.full(len(jobs), np.nan), len(nodes) * GPUS_PER_NODE)
 
     def run(self) -> Outcome:
+        from tqdm import tqdm  # the sim extra: not needed by the live scheduler, which imports this package
+
         for i, job in enumerate(self.jobs):
             self._push(job.submit, ARRIVAL, i)
         with tqdm(total=len(self.jobs), unit="job", desc=self.profile.name, disable=not self.progress,
@@ -167,44 +171,54 @@ class TimeReplay:
         pods = [Pod(f"job-{i}-{k}", d, namespace=job.vc, group=f"job-{i}")
                 for k, d in enumerate(pod_demands(job.vc, job.gpus))]
         group = PodGroup(f"job-{i}", min_member=len(pods), namespace=job.vc, creation=job.submit)
-        return GangInfo(group, pods, enqueued=job.submit, duration=job.duration)
+        return GangInfo(group, pods, enqueued=job.submit, duration=job.duration, key=i)
 
     # ---- scheduling passes ------------------------------------------------------------------------------
-    def _try(self, queue: GangQueue, i: int, now: float) -> bool:
-        """Place job i's gang now if it fits; False (and its shape remembered as failing) if not."""
-        job, gang = self.jobs[i], self.gangs[i]
-        shape = (job.vc, job.gpus)
-        if self.failed_at.get(shape) == self.released[job.vc]:
-            return False
-        result = self.scheduler.schedule_gang(gang)
-        if result.ok or result.error:
-            queue.remove(gang.group.key)
+    def _ready(self, gang: GangInfo) -> Status | None:
+        """None if the gang may be tried; a shape that failed stays failed until its vc frees GPUs."""
+        job = self.jobs[gang.key]
+        if self.failed_at.get((job.vc, job.gpus)) == self.released[job.vc]:
+            return _SHAPE_FAILED
+        return None
+
+    def _settle(self, gang: GangInfo, result: GangResult, starving: bool = False) -> None:
+        i: int = gang.key  # type: ignore[assignment]
+        job = self.jobs[i]
+        if result.code == Code.UNRESOLVABLE:  # can never run: say so rather than wait forever
+            self.out.errors.append(f"job row {job.id}: {result.message()}")
+        if result.ok or result.code == Code.UNRESOLVABLE:
+            self.queues[self._scope(job)][0].remove(i)
             del self.gangs[i]
             self.keys.pop(i, None)
-        if result.error:  # can never run: say so rather than wait forever
-            self.out.errors.append(f"job row {job.id}: {result.error}")
-            return True
         if not result.ok:
-            self.failed_at[shape] = self.released[job.vc]
-            return False
+            if result.code != Code.UNRESOLVABLE:
+                self.failed_at[(job.vc, job.gpus)] = self.released[job.vc]
+            return
+        now = self.clock.now()
         self.pods[i] = [a.pod_key for a in result.placed]
         self.busy += job.gpus
         self.out.start[i] = now
         self._push(now + job.duration, COMPLETION, i)
-        return True
+
+    def _try(self, i: int) -> bool:
+        """Place job i's gang now if it fits (the lanes pass's step of `run_pass`); True if it left the queue."""
+        gang = self.gangs[i]
+        if self._ready(gang) is not None:
+            return False
+        result = self.scheduler.schedule_gang(gang)
+        self._settle(gang, result)
+        return result.ok or result.code == Code.UNRESOLVABLE
 
     def _pass(self, queue: GangQueue, now: float) -> None:
-        """The reference pass: every pending gang in `pop_order`."""
-        for gang in queue.pop_order(now):
-            if not self._try(queue, int(gang.group.name.removeprefix("job-")), now) and queue.blocks(gang, now):
-                break
+        """The reference pass: the core's `run_pass` over every pending gang."""
+        run_pass(self.scheduler, queue, now, ready=self._ready, on_result=self._settle)
 
     def _pass_lanes(self, queue: GangQueue, lanes: _Lanes, now: float) -> None:
         """The same pass over the sorted lanes: starving gangs first (a failure blocks), then the shapes'
         heads merged in key order; a shape whose head fails is done for this pass."""
         while lanes.starving:
             i = lanes.starving[0][2]
-            if not self._try(queue, i, now):
+            if not self._try(i):
                 return  # a starving gang that does not fit blocks everything behind it
             del lanes.starving[0]
         heads = [(lane[0], shape) for shape, lane in lanes.shapes.items() if lane]
@@ -212,7 +226,7 @@ class TimeReplay:
         while heads:
             (_, i), shape = heads[0]
             lane = lanes.shapes[shape]
-            if self._try(queue, i, now):
+            if self._try(i):
                 del lane[0]
                 if lane:
                     heapq.heapreplace(heads, (lane[0], shape))

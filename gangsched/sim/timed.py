@@ -147,6 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (the sim extra, for the plots: fail now, not after the replays)
+    import tqdm  # noqa: F401
     root = None if args.trace and args.vcs else data_dir(args.data) / "philly"
     trace_path = Path(args.trace) if args.trace else root / "philly_jobs.csv"
     vcs = load_vcs(Path(args.vcs) if args.vcs else root / "helios_vc_nodes.csv")
