@@ -35,6 +35,13 @@ from gangsched.model import (
 _TOUCH_LOG_LIMIT = 1 << 16
 
 
+def count_per_node(mask: np.ndarray) -> np.ndarray:
+    """True values per row of a bool [n, k] mask: `mask.sum(axis=1)`, several times faster for a short row."""
+    if mask.shape[-1] > np.iinfo(np.uint8).max:
+        return mask.sum(axis=-1)
+    return np.einsum("...k->...", mask.view(np.uint8))
+
+
 class CapacityError(RuntimeError):
     """An assignment would over-commit a node or a device; the state refuses it and stays unchanged."""
 
@@ -128,8 +135,9 @@ class ClusterState:
                     self.taint_matrix[i, taint_index[t]] = True
 
     def set_nodes(self, nodes: Sequence[Node]) -> list[Assignment]:
-        """Replace the node set (a node added, changed or removed). Assignments on surviving nodes are kept;
-        those on removed nodes, and those that no longer fit a changed node, are dropped and returned."""
+        """Replace the node set (a node added, changed or removed). Assignments on surviving nodes are kept,
+        even where the node shrank below them (they still hold it: it is over-committed, and offers nothing
+        more); those on removed nodes, or on GPUs the node no longer has, are dropped and returned."""
         old = list(self.assignments.values())
         self.assignments.clear()
         self._build(list(nodes))
@@ -140,8 +148,8 @@ class ClusterState:
                 lost.append(a)
                 continue
             try:
-                self._apply(a.pod_key, a.demand, node, a.devices)
-            except (CapacityError, ModelError):  # the node shrank, or a resource it offered is gone
+                self._apply(a.pod_key, a.demand, node, a.devices, force=True)
+            except CapacityError:  # its GPUs are gone from the node
                 lost.append(a)
         self._touched.clear()
         self._touched_base = 0
@@ -168,11 +176,29 @@ class ClusterState:
             self._vectors[demand] = vec
         return vec
 
+    def _known_vector(self, demand: Demand) -> np.ndarray:
+        """`vector` without the resources no node offers."""
+        vec = np.zeros(len(self.resources), dtype=np.int64)
+        for res, qty in demand.requests:
+            j = self.res_index.get(res)
+            if j is not None:
+                vec[j] += qty
+        return vec
+
+    def overcommitted(self, node: int) -> bool:
+        """The node's usage exceeds what it offers (pods bound by others, or a node that shrank)."""
+        return bool((self.used[node] > self.allocatable[node]).any() or (self.gpu_free[node] < 0).any())
+
     # ---- assign / release ----------------------------------------------------------------------------------
-    def assign(self, pod_key: str, demand: Demand, node: int, devices: Sequence[int] = ()) -> Assignment:
+    def assign(self, pod_key: str, demand: Demand, node: int, devices: Sequence[int] = (), *,
+               force: bool = False) -> Assignment:
+        """Reserve the demand on the node. `force` records a pod that already holds the node whatever it
+        asks for (bound by someone else, or a node that shrank): nothing is checked but the devices' indices,
+        usage may exceed allocatable (the node then offers nothing more), and resources no node offers are
+        left out (nobody can ask for them here)."""
         if pod_key in self.assignments:
             raise CapacityError(f"pod {pod_key} is already assigned to {self.names[self.assignments[pod_key].node]}")
-        a = self._apply(pod_key, demand, node, tuple(devices))
+        a = self._apply(pod_key, demand, node, tuple(devices), force)
         if self._depth:
             self._log.append(("assign", a))
         return a
@@ -184,16 +210,19 @@ class ClusterState:
             self._log.append(("release", a))
         return a
 
-    def _apply(self, pod_key: str, demand: Demand, node: int, devices: tuple[int, ...]) -> Assignment:
-        vec = self.vector(demand)
+    def _apply(self, pod_key: str, demand: Demand, node: int, devices: tuple[int, ...],
+               force: bool = False) -> Assignment:
+        vec = self._known_vector(demand) if force else self.vector(demand)
         if len(devices) != demand.gpu_count or len(set(devices)) != len(devices):
             raise CapacityError(f"pod {pod_key} needs {demand.gpu_count} distinct GPUs, got {devices}")
-        if (self.used[node] + vec > self.allocatable[node]).any():
+        if not force and (self.used[node] + vec > self.allocatable[node]).any():
             raise CapacityError(f"pod {pod_key} does not fit on node {self.names[node]}")
         milli = demand.gpu_milli if demand.gpu_count else 0
         if devices:
             dev = np.asarray(devices)
-            if dev.min() < 0 or dev.max() >= self.gpu_free.shape[1] or np.any(self.gpu_free[node, dev] < milli):
+            if dev.min() < 0 or dev.max() >= self.gpu_free.shape[1] or self.gpu_cap[node, dev].min() == 0:
+                raise CapacityError(f"pod {pod_key}: node {self.names[node]} has no GPUs {devices}")
+            if not force and np.any(self.gpu_free[node, dev] < milli):
                 raise CapacityError(f"pod {pod_key}: GPUs {devices} of node {self.names[node]} lack {milli} milli")
             self.gpu_free[node, dev] -= milli
         self.used[node] += vec
@@ -269,6 +298,28 @@ class ClusterState:
 
     def pods_on(self, nodes: Iterable[int]) -> list[str]:
         return [k for i in nodes for k in self.node_pods[i]]
+
+    # ---- queries shared by plugins (filters, scores, device pickers) ---------------------------------------------
+    def model_ids(self, demand: Demand) -> list[int]:
+        """Ids of the GPU models the demand accepts that some node has."""
+        return [self.model_index[m] for m in demand.gpu_models if m in self.model_index]
+
+    def model_match(self, demand: Demand, rows: np.ndarray | slice) -> np.ndarray:
+        """bool [n, G]: devices of the selected nodes whose model the demand accepts
+        (`np.isin(self.dev_model[rows], self.model_ids(demand))`)."""
+        models = self.dev_model[rows]
+        ids = self.model_ids(demand)
+        if len(ids) == 1:
+            return models == ids[0]
+        return np.isin(models, ids)
+
+    def usable_devices(self, demand: Demand, rows: np.ndarray | slice) -> np.ndarray:
+        """bool [n, G]: devices of the selected nodes with room for one device's share of the demand (and of an
+        accepted model, when the demand names models)."""
+        ok = self.gpu_free[rows] >= demand.gpu_milli
+        if demand.gpu_models:
+            ok &= self.model_match(demand, rows)
+        return ok
 
 
 class Trial:

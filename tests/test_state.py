@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import FPGA, Snapshot, check_invariants, cpu_node, gpu_node
@@ -56,11 +58,11 @@ def test_assign_and_release_bookkeeping(state: ClusterState) -> None:
 @pytest.mark.parametrize(("d", "node", "devices", "why"), [
     (WHOLE2, 0, (0,), "needs 2 distinct GPUs"),  # too few devices
     (WHOLE2, 0, (1, 1), "needs 2 distinct GPUs"),  # the same device twice
-    (WHOLE2, 1, (2, 3), "lack 1000 milli"),  # padding devices of a 2-GPU node
-    (WHOLE2, 0, (3, 4), "lack 1000 milli"),  # past the widest node
+    (WHOLE2, 1, (2, 3), "has no GPUs \\(2, 3\\)"),  # padding devices of a 2-GPU node
+    (WHOLE2, 0, (3, 4), "has no GPUs \\(3, 4\\)"),  # past the widest node
     (demand(cpu_milli=33_000), 0, (), "does not fit"),  # cpu beyond allocatable
     (demand(extended={FPGA: 1}), 1, (), "does not fit"),  # g2 has no fpga
-    (SHARE300, 2, (0,), "lack 300 milli"),  # a CPU node has no GPU
+    (SHARE300, 2, (0,), "has no GPUs \\(0,\\)"),  # a CPU node has no GPU
 ])
 def test_assign_refuses_and_leaves_state_unchanged(state: ClusterState, d: Demand, node: int, devices, why) -> None:
     before = Snapshot.of(state)
@@ -184,13 +186,13 @@ def test_set_nodes_keeps_survivors_and_returns_lost(state: ClusterState) -> None
     check_invariants(state, state.nodes)
 
 
-def test_set_nodes_with_a_shrunken_node_drops_what_no_longer_fits(state: ClusterState) -> None:
+def test_set_nodes_with_a_shrunken_node_drops_only_pods_on_gpus_it_lost(state: ClusterState) -> None:
     state.assign("big", demand(cpu_milli=20_000), 0)
     state.assign("gpus", WHOLE2, 0, (2, 3))
     smaller = gpu_node("g4", gpus=2, cpu=8_000, memory=64 * GIB, extended={FPGA: 1})
     lost = state.set_nodes([smaller, *state.nodes[1:]])
-    assert sorted(a.pod_key for a in lost) == ["big", "gpus"]
-    check_invariants(state, state.nodes)
+    # "big" still holds the node (over-committed now); "gpus" holds devices the node no longer lists
+    assert [a.pod_key for a in lost] == ["gpus"] and "big" in state.assignments and state.overcommitted(0)
 
 
 def test_node_and_demand_validation() -> None:
@@ -213,3 +215,22 @@ def test_node_and_demand_validation() -> None:
 def test_empty_cluster() -> None:
     s = ClusterState([])
     assert s.n_nodes == 0 and s.gpu_free.shape == (0, 1)
+
+
+def test_force_records_a_pod_that_holds_a_node_whatever_it_asks(state: ClusterState) -> None:
+    # a pod bound by someone else beyond the node's cpu, with a resource no node offers, on a busy GPU
+    state.assign("ours", WHOLE2, 0, (0, 1))
+    a = state.assign("foreign", demand(cpu_milli=40_000, gpus=1, extended={"example.com/x": 3}), 0, (1,), force=True)
+    assert state.overcommitted(0) and state.free[0, 0] < 0 and state.gpu_free[0, 1] == -1000
+    assert not any(state.overcommitted(i) for i in range(1, state.n_nodes))
+    state.release("foreign")
+    assert a.pod_key == "foreign" and not state.overcommitted(0) and state.gpu_free[0, 1] == 0
+    with pytest.raises(CapacityError, match="has no GPUs"):  # even forced, a device must exist
+        state.assign("bad", SHARE300, 2, (0,), force=True)
+
+
+def test_set_nodes_keeps_pods_on_a_node_that_shrank(state: ClusterState) -> None:
+    state.assign("p", demand(cpu_milli=30_000), 0)
+    nodes = [replace(state.nodes[0], allocatable={**state.nodes[0].allocatable, "cpu": 8000}), *state.nodes[1:]]
+    lost = state.set_nodes(nodes)
+    assert lost == [] and "p" in state.assignments and state.overcommitted(0)

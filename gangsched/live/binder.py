@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ class BindRequest:
     uid: str
     node: str
     devices: tuple[int, ...]
-    gang: str
+    gang: Hashable  # the gang's key in the scheduler
     attempt: int = 0
 
 

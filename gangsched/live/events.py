@@ -28,7 +28,10 @@ class EventRecorder:
         self.posted = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+
+    def start(self) -> EventRecorder:
         self._thread.start()
+        return self
 
     def record(self, obj: dict, kind: str, reason: str, message: str, warning: bool = True,
                api_version: str = "v1") -> None:

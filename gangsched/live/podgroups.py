@@ -57,7 +57,10 @@ class StatusWriter:
         self._closed = False
         self.written = 0
         self._thread = threading.Thread(target=self._run, name="podgroup-status", daemon=True)
+
+    def start(self) -> StatusWriter:
         self._thread.start()
+        return self
 
     def write(self, key: str, status: dict) -> None:
         last = self._last.get(key)
@@ -88,6 +91,8 @@ class StatusWriter:
                     log.warning("PodGroup %s status not written: %s", key, e)
 
     def close(self, timeout: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
         with self._cond:
             self._closed = True
             self._cond.notify()

@@ -5,18 +5,29 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from gangsched.live.kube import KubeClient
+from gangsched.core import Scheduler
+from gangsched.live import informer as inf
+from gangsched.live.binder import Binder
+from gangsched.live.cache import Cache
+from gangsched.live.events import EventRecorder
+from gangsched.live.giveback import GiveBack
+from gangsched.live.kube import NOT_LEADER, ApiError, KubeClient
 from gangsched.live.leader import LeaderElector
+from gangsched.live.podgroups import StatusWriter
+from gangsched.live.ports import Recorder
 from gangsched.live.scheduler import LiveScheduler
-from gangsched.profile import load_profile
+from gangsched.profile import Profile, load_profile
+from gangsched.state import ClusterState
 
 log = logging.getLogger("gangsched")
 
@@ -40,12 +51,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
+def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "gangsched", bind_workers: int = 16,
+          gang_timeout: float = 60.0, events: bool = True, watch_timeout: int = 300) -> LiveScheduler:
+    """The production wiring: every collaborator talks to the API server through `client`."""
+    state = ClusterState([])
+    cache = Cache(state, scheduler_name)
+    recorder: Recorder = EventRecorder(client).start() if events else NoEvents()
+    sched_events: queue.Queue = queue.Queue()
+    sched = LiveScheduler(
+        cache, Scheduler(state, profile), profile, Binder(client, sched_events, bind_workers),
+        recorder, StatusWriter(client).start(), GiveBack(cache, partial(delete_pod, client), recorder, gang_timeout),
+        events=sched_events, informers=lambda out, stop: inf.start_informers(client, out, stop,
+                                                                             watch_timeout=watch_timeout))
+    return sched
+
+
+def delete_pod(client: KubeClient, obj: dict) -> bool:
+    """Delete a pod as it is (its uid as precondition, so a re-created namesake is left alone)."""
+    meta = obj["metadata"]
+    try:
+        client.request("DELETE", f"/api/v1/namespaces/{meta.get('namespace', 'default')}/pods/{meta['name']}",
+                       {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": meta.get("uid")}})
+        return True
+    except ApiError as e:
+        if e.status in (404, 409):
+            return True
+        if e.reason != NOT_LEADER:
+            log.warning("deleting %s/%s failed: %s", meta.get("namespace"), meta["name"], e)
+        return False
+
+
+class NoEvents:
+    def record(self, obj: dict, kind: str, reason: str, message: str, warning: bool = True,
+               api_version: str = "v1") -> None:
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     profile = load_profile(args.profile)
     client = KubeClient.load(args.kubeconfig, qps=args.qps, burst=args.burst, pool_size=args.bind_workers + 8)
-    sched = LiveScheduler(client, profile, scheduler_name=args.scheduler_name, bind_workers=args.bind_workers,
-                          gang_timeout=args.gang_timeout, events=not args.no_events)
+    sched = build(client, profile, scheduler_name=args.scheduler_name, bind_workers=args.bind_workers,
+                  gang_timeout=args.gang_timeout, events=not args.no_events)
     exit_code = 0
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -56,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.health_port:
         serve_health(sched, args.health_port)
-    elector, renewer = None, None
+    elector, renewer, renew_stop = None, None, threading.Event()
     if args.leader_elect:
         identity = f"{socket.gethostname()}_{os.getpid()}"
         elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity)
+        client.fence = elector.holds  # from now on nothing is written unless we hold the lease
         if not elector.acquire(sched.stop):
             return 0
 
@@ -68,26 +116,35 @@ def run(args: argparse.Namespace) -> int:
             exit_code = 1  # as kube-scheduler does: a replica that lost the lease exits and is restarted
             sched.stop.set()
 
-        renewer = elector.keep_renewing(sched.stop, lost)
+        # its own stop event: renewals go on while the bindings in flight drain after SIGTERM
+        renewer = elector.keep_renewing(renew_stop, lost)
     log.info("scheduling pods with schedulerName=%s, profile %s", args.scheduler_name, profile.name)
     sched.run()
-    if elector is not None and renewer is not None and exit_code == 0:
+    sched.status.close()  # type: ignore[attr-defined]
+    if isinstance(sched.recorder, EventRecorder):
+        sched.recorder.flush()
+    if elector is not None and renewer is not None:
+        renew_stop.set()
         renewer.join()  # no renewal may land after the release
-        elector.release()
-    log.info("stopped: %s", sched.stats)
+        if exit_code == 0:
+            elector.release()
+    log.info("stopped: %s", dict(sched.stats))
     return exit_code
 
 
 def serve_health(sched: LiveScheduler, port: int) -> ThreadingHTTPServer:
     registry = CollectorRegistry()
     for name, doc in (("gangs_scheduled", "gangs placed whole"), ("pods_bound", "bindings that succeeded"),
-                      ("bind_errors", "bindings that failed (retried or given up)"),
-                      ("evicted", "pods evicted from incomplete gangs"), ("cycles", "scheduling cycles")):
+                      ("bind_errors", "bindings that failed (retried or given up)"), ("cycles", "scheduling cycles")):
         Gauge(f"gangsched_{name}_total", doc, registry=registry).set_function(lambda n=name: sched.stats[n])
+    Gauge("gangsched_evicted_total", "pods deleted from incomplete gangs", registry=registry).set_function(
+        lambda: sched.giveback.evicted)
+    Gauge("gangsched_inexact_accounting_total", "bound pods accounted conservatively (not exactly as asked)",
+          registry=registry).set_function(lambda: sched.cache.stats["inexact"])
     Gauge("gangsched_pending_pods", "pods waiting to be scheduled", registry=registry).set_function(
-        lambda: sum(len(t.pending) for t in list(sched.gangs.values())))
+        lambda: sum(len(g.pending) for g in list(sched.cache.gangs.values())))
     Gauge("gangsched_bindings_in_flight", "bindings posted, no answer yet", registry=registry).set_function(
-        lambda: len(sched.assumed))
+        lambda: len(sched.binding))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -12,6 +12,7 @@ from gangsched.model import (
     CPU,
     GPU,
     MEMORY,
+    MILLI_PER_GPU,
     PODS,
     Demand,
     ModelError,
@@ -29,15 +30,45 @@ GPU_DEVICES_ANNOTATION = "gangsched.io/gpu-devices"  # the device indices we pic
 GPU_MODELS_ANNOTATION = "gangsched.io/gpu-models"  # comma-separated GPU models the pod accepts
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 MILLI_RESOURCES = {CPU}
+# The state holds quantities in int64 and adds a request to a node's usage (both at most MAX_QUANTITY): 2**61
+# leaves that sum, and a few more, room below 2**63.
+MAX_QUANTITY = 2**62 // 2
+MAX_GPUS = (2**31 - 1) // MILLI_PER_GPU  # a pod's GPUs: GPU milli are int32 per device and per shape
+MAX_NODE_GPUS = 1024  # every device is a column of the per-device arrays of all nodes; time-slicing stays below
 
 
-def quantity(value: Any, field: str, milli: bool = False) -> int:
+class _TooLarge(ModelError):
+    pass
+
+
+def quantity(value: Any, field: str, milli: bool = False, limit: int = MAX_QUANTITY) -> int:
+    """A Kubernetes quantity as an int (in thousandths if `milli`), rounded up as kube-scheduler does.
+    ModelError naming `field` if it is not a finite quantity, is negative, or is above `limit`."""
     try:
         q = parse_quantity(value)
     except (ValueError, InvalidOperation, TypeError):
         raise ModelError(f"{field}={value!r} is not a Kubernetes quantity") from None
-    q = q * 1000 if milli else q
-    return int(q.to_integral_value(rounding="ROUND_CEILING")) if isinstance(q, Decimal) else int(q)
+    if not q.is_finite():  # "Infinity", "NaN" parse as Decimals
+        raise ModelError(f"{field}={value!r} is not a Kubernetes quantity")
+    if q < 0:
+        raise ModelError(f"{field}={value!r} is negative")
+    scale = 1000 if milli else 1
+    if q > Decimal(limit) / scale:  # compared before converting: "1e999999999" must not become an int
+        raise _TooLarge(f"{field}={value!r} is too large")
+    return min(int((q * scale).to_integral_value(rounding=ROUND_CEILING)), limit)
+
+
+def _limit(res: str) -> int:
+    return MAX_GPUS if res == GPU else MAX_QUANTITY
+
+
+def _dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x: Any) -> list[tuple[int, dict]]:
+    """(index, entry) of the dict entries of a list: odd objects yield nothing rather than raise."""
+    return [(i, e) for i, e in enumerate(x) if isinstance(e, dict)] if isinstance(x, list) else []
 
 
 def parse_time(ts: str | None) -> float:
@@ -55,9 +86,15 @@ def node_from(obj: dict) -> Node:
     name = meta["name"]
     allocatable: dict[str, int] = {}
     for res, value in (status.get("allocatable") or status.get("capacity") or {}).items():
-        if res.startswith("hugepages-") or res == "ephemeral-storage":
-            continue  # not scheduled on by any of our filters; keeps the resource matrix small
-        allocatable[res] = quantity(value, f"node {name} status.allocatable[{res}]", milli=res in MILLI_RESOURCES)
+        # ephemeral-storage and hugepages-* are ordinary scalar resources to kube-scheduler, so to us
+        field = f"node {name} status.allocatable[{res}]"
+        limit = MAX_NODE_GPUS if res == GPU else MAX_QUANTITY
+        try:
+            allocatable[res] = quantity(value, field, milli=res in MILLI_RESOURCES, limit=limit)
+        except _TooLarge:
+            # Clamped, not rejected: an ignored node would hide the pods bound to it, and a pod can ask for at
+            # most MAX_QUANTITY anyway. (Not a quantity, or negative: still a ModelError.)
+            allocatable[res] = limit
     taints = tuple(_taint(t, name) for t in spec.get("taints") or [] if t.get("effect") in _EFFECTS)
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     # With no node-lifecycle controller (our dev cluster) nobody taints a NotReady node, so check it here.
@@ -72,46 +109,151 @@ def _taint(t: dict, node: str) -> Taint:
     return Taint(key=t.get("key", ""), value=t.get("value", "") or "", effect=TaintEffect(t["effect"]))
 
 
-def pod_requests(obj: dict) -> dict[str, int]:
-    """Effective requests, as kube-scheduler computes them: max(sum of containers, any init container)
-    plus pod overhead."""
-    spec = obj.get("spec") or {}
-    name = (obj.get("metadata") or {}).get("name", "?")
+# ---- effective requests ----------------------------------------------------------------------------------------
+Resources = dict[str, int]
+_POD_LEVEL = (CPU, MEMORY)  # with hugepages-*: what pod-level requests may set
 
-    def of(container: dict, where: str) -> dict[str, int]:
-        res = container.get("resources") or {}
-        reqs = dict(res.get("limits") or {})  # the API server defaults requests to limits; be robust anyway
-        reqs.update(res.get("requests") or {})
-        return {r: quantity(v, f"pod {name} {where}.resources.requests[{r}]", milli=r in MILLI_RESOURCES)
-                for r, v in reqs.items()}
 
-    total: dict[str, int] = {}
-    for i, c in enumerate(spec.get("containers") or []):
-        for r, q in of(c, f"spec.containers[{i}]").items():
-            total[r] = total.get(r, 0) + q
-    for i, c in enumerate(spec.get("initContainers") or []):
-        for r, q in of(c, f"spec.initContainers[{i}]").items():
-            total[r] = max(total.get(r, 0), q)
-    for r, v in (spec.get("overhead") or {}).items():
-        total[r] = total.get(r, 0) + quantity(v, f"pod {name} spec.overhead[{r}]", milli=r in MILLI_RESOURCES)
-    return total
+class _Reader:
+    """Reads a pod's quantities. Strict (ModelError naming the field) unless `notes` is a list: then a quantity
+    that is not one counts as 0 and one too large as the limit, and each approximation is noted."""
+
+    def __init__(self, pod: str, notes: list[str] | None):
+        self.pod, self.notes = pod, notes
+
+    def amount(self, value: Any, field: str, res: str) -> int:
+        limit = _limit(res)
+        try:
+            return quantity(value, f"pod {self.pod} {field}", milli=res in MILLI_RESOURCES, limit=limit)
+        except _TooLarge as e:
+            self._note(e, f"clamped to {limit}")
+            return limit
+        except ModelError as e:
+            self._note(e, "counted as 0")
+            return 0
+
+    def resources(self, values: Any, field: str) -> Resources:
+        return {r: self.amount(v, f"{field}[{r}]", r) for r, v in _dict(values).items()}
+
+    def total(self, res: str, qty: int) -> int:
+        """A sum of requests, checked like one: many containers may add up past what the state holds."""
+        limit = _limit(res)
+        if qty <= limit:
+            return qty
+        self._note(_TooLarge(f"pod {self.pod} requests[{res}] summed over its containers ({qty}) is too large"),
+                   f"clamped to {limit}")
+        return limit
+
+    def _note(self, error: ModelError, approximation: str) -> None:
+        if self.notes is None:
+            raise error
+        self.notes.append(f"{error}; {approximation}")
+
+
+def _add(into: Resources, more: Resources) -> None:
+    for r, q in more.items():
+        into[r] = into.get(r, 0) + q
+
+
+def _max(*lists: Resources) -> Resources:
+    out: Resources = {}
+    for rl in lists:
+        for r, q in rl.items():
+            out[r] = max(out.get(r, 0), q)
+    return out
+
+
+def _resize_infeasible(status: dict) -> bool:
+    if status.get("resize") == "Infeasible":  # before Kubernetes 1.33
+        return True
+    return any(c.get("type") == "PodResizePending" and c.get("reason") == "Infeasible"
+               for _, c in _list(status.get("conditions")))
+
+
+def pod_requests(obj: dict, notes: list[str] | None = None) -> Resources:
+    """Effective requests, as kube-scheduler computes them (component-helpers resource.PodRequests):
+    containers summed; sidecars (init containers with restartPolicy Always) added too; each regular init
+    container, with the sidecars started before it, runs alone, so their sum is a floor (max); pod-level
+    requests replace cpu, memory and hugepages; overhead added.
+    While an in-place resize is pending, a container counts the largest of its spec and what the kubelet
+    reports (status allocatedResources, resources.requests); once the resize is infeasible, only the latter.
+    Strict unless `notes` is given (see `_Reader`)."""
+    spec, status = _dict(obj.get("spec")), _dict(obj.get("status"))
+    read = _Reader(_dict(obj.get("metadata")).get("name", "?"), notes)
+    reported = {cs.get("name"): (f"status.{kind}[{k}]", cs) for kind in ("containerStatuses", "initContainerStatuses")
+                for k, cs in _list(status.get(kind))}
+    infeasible = _resize_infeasible(status)
+
+    def of(c: dict, where: str, resizable: bool = True) -> Resources:
+        res = _dict(c.get("resources"))
+        # the API server defaults requests to limits; be robust anyway
+        wanted = read.resources({**_dict(res.get("limits")), **_dict(res.get("requests"))},
+                                f"{where}.resources.requests")
+        path, cs = reported.get(c.get("name"), ("", {}))
+        if not resizable or not ("resources" in cs or "allocatedResources" in cs):
+            return wanted
+        actual = read.resources(_dict(cs.get("resources")).get("requests"), f"{path}.resources.requests")
+        allocated = read.resources(cs.get("allocatedResources"), f"{path}.allocatedResources")
+        return _max(actual, allocated) if infeasible else _max(wanted, actual, allocated)
+
+    total: Resources = {}
+    for i, c in _list(spec.get("containers")):
+        _add(total, of(c, f"spec.containers[{i}]"))
+    sidecars: Resources = {}  # of the sidecars started so far
+    init_peak: Resources = {}
+    for i, c in _list(spec.get("initContainers")):
+        if c.get("restartPolicy") == "Always":
+            reqs = of(c, f"spec.initContainers[{i}]")
+            _add(total, reqs)
+            _add(sidecars, reqs)
+            init_peak = _max(init_peak, sidecars)
+        else:  # a regular init container cannot be resized
+            alone = of(c, f"spec.initContainers[{i}]", resizable=False)
+            _add(alone, sidecars)
+            init_peak = _max(init_peak, alone)
+    total = _max(total, init_peak)
+    pod_level = _dict(spec.get("resources"))
+    for r, q in read.resources({**_dict(pod_level.get("limits")), **_dict(pod_level.get("requests"))},
+                               "spec.resources.requests").items():
+        if r in _POD_LEVEL or r.startswith("hugepages-"):
+            total[r] = q
+    _add(total, read.resources(spec.get("overhead"), "spec.overhead"))
+    return {r: read.total(r, q) for r, q in total.items()}
+
+
+def _requests(reqs: Resources) -> tuple[tuple[tuple[str, int], ...], int]:
+    """Demand.requests and gpu_count of effective requests: every pod takes a pod slot and shows cpu/memory."""
+    gpus = reqs.pop(GPU, 0)
+    reqs[PODS] = 1
+    for res in (CPU, MEMORY):
+        reqs.setdefault(res, 0)
+    return tuple(sorted(reqs.items())), gpus
+
+
+def held_demand(obj: dict) -> tuple[Demand, list[str]]:
+    """What a pod that holds a node's resources (bound) takes from it: only its requests and GPU count, since
+    where it may run no longer matters. Never raises, so a bound pod is always accounted: a quantity that is
+    not one counts as 0 and one too large as the maximum; the notes name each such field, for a log/metric."""
+    notes: list[str] = []
+    requests, gpus = _requests(pod_requests(obj, notes))
+    return Demand(requests=requests, gpu_count=gpus), notes
 
 
 def demand_from(obj: dict) -> Demand:
     spec = obj.get("spec") or {}
     meta = obj.get("metadata") or {}
-    reqs = pod_requests(obj)
-    gpus = reqs.pop(GPU, 0)
-    reqs[PODS] = 1
-    for res in (CPU, MEMORY):
-        reqs.setdefault(res, 0)
+    requests, gpus = _requests(pod_requests(obj))
     models = frozenset(m.strip() for m in (meta.get("annotations") or {}).get(GPU_MODELS_ANNOTATION, "").split(",")
                        if m.strip())
     selector = tuple(sorted((spec.get("nodeSelector") or {}).items()))
     affinity = _affinity(spec, meta.get("name", "?"))
-    tolerations = tuple(_toleration(t) for t in spec.get("tolerations") or [])
-    return Demand(requests=tuple(sorted(reqs.items())), gpu_count=gpus, gpu_models=models, node_selector=selector,
+    tolerations = tuple(_toleration(t, f"pod {meta.get('name', '?')} spec.tolerations[{i}]")
+                        for i, t in enumerate(spec.get("tolerations") or []))
+    return Demand(requests=requests, gpu_count=gpus, gpu_models=models, node_selector=selector,
                   affinity=affinity, tolerations=tolerations)
+
+
+_REQUIRED = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
 
 
 def _affinity(spec: dict, name: str) -> tuple[tuple[Requirement, ...], ...]:
@@ -120,18 +262,25 @@ def _affinity(spec: dict, name: str) -> tuple[tuple[Requirement, ...], ...]:
     terms = []
     for i, term in enumerate(required.get("nodeSelectorTerms") or []):
         reqs = []
-        for j, expr in enumerate(term.get("matchExpressions") or []):
-            try:
-                reqs.append(Requirement(expr["key"], expr["operator"], tuple(expr.get("values") or ())))
-            except (KeyError, ModelError) as e:
-                raise ModelError(f"pod {name} spec.affinity.nodeAffinity.requiredDuringSchedulingIgnored"
-                                 f"DuringExecution.nodeSelectorTerms[{i}].matchExpressions[{j}]: {e}") from None
+        # both lists of a term are ANDed; matchFields name node fields (only metadata.name), not labels
+        for kind, field in (("matchExpressions", False), ("matchFields", True)):
+            for j, expr in enumerate(term.get(kind) or []):
+                where = f"pod {name} {_REQUIRED}.nodeSelectorTerms[{i}].{kind}[{j}]"
+                if "key" not in expr:
+                    raise ModelError(f"{where}: needs a key")
+                try:
+                    reqs.append(Requirement(expr["key"], expr.get("operator", ""), tuple(expr.get("values") or ()),
+                                            field=field))
+                except ModelError as e:
+                    raise ModelError(f"{where}: {e}") from None
         terms.append(tuple(reqs))
     return tuple(terms)
 
 
-def _toleration(t: dict) -> Toleration:
+def _toleration(t: dict, where: str) -> Toleration:
     effect = t.get("effect")
+    if effect and effect not in _EFFECTS:
+        raise ModelError(f"{where}.effect={effect!r}: expected one of {', '.join(sorted(_EFFECTS))}")
     return Toleration(key=t.get("key", "") or "", operator=t.get("operator", "Equal") or "Equal",
                       value=t.get("value", "") or "", effect=TaintEffect(effect) if effect else None)
 
