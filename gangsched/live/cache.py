@@ -439,10 +439,10 @@ class Cache:
             if a.pod_key in self.assumed:  # its node went away while binding: the bind fails and is forgotten
                 continue
             log.warning("pod %s lost its node %s (or the GPUs it held there)", a.pod_key, a.node_name)
-        for key in list(self.unplaced) + [a.pod_key for a in lost if a.pod_key not in self.assumed]:
-            info = self.pods.get(key)
-            if info is not None and info.active:
-                self._account(info)
+        keys = self.unplaced | {a.pod_key for a in lost if a.pod_key not in self.assumed}
+        infos = [self.pods[k] for k in sorted(keys) if k in self.pods and self.pods[k].active]
+        for info in sorted(infos, key=lambda p: gpu_devices(p.obj) is None):  # named GPUs before guesses
+            self._account(info)
         self.dirty.update(k for k, g in self.gangs.items() if g.pending)
 
     # ---- gangs -------------------------------------------------------------------------------------------------

@@ -1,0 +1,391 @@
+"""The live scheduler's books and cycle with no API server: one test per defect of the live-scheduler issue,
+each fed plain Kubernetes objects (see livekit)."""
+
+from __future__ import annotations
+
+import pytest
+from livekit import T0, Live, node, pod, podgroup
+
+from gangsched.live.kube import NOT_LEADER, ApiError
+from gangsched.result import Code
+
+REFUSED = ApiError(422, "Invalid", "pod has scheduling gates")
+
+
+def gpus_in_use(live: Live, node_name: str) -> list[int]:
+    return sorted(d for a in live.state.assignments.values() if a.node_name == node_name for d in a.devices)
+
+
+# ---- 1. a pod that holds a node is always accounted ---------------------------------------------------------------
+def test_a_foreign_pod_asking_ephemeral_storage_and_hugepages_is_accounted() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=2, ephemeral_storage="100Gi", hugepages_2Mi="1Gi"))
+    live.put("pods", pod("foreign", gpus=2, scheduler="default-scheduler", node_name="n0", phase="Running",
+                         requests={"ephemeral-storage": "10Gi", "hugepages-2Mi": "512Mi"}))
+    live.put("pods", pod("ours", gpus=1))
+    live.cycle()
+    assert live.held()["default/foreign"] == ("n0", (0, 1))
+    assert "default/ours" not in live.state.assignments and live.binds.queued == []
+    assert "Insufficient nvidia.com/gpu" in live.events.of("ours", "FailedScheduling")[0]
+
+
+def test_a_foreign_pod_with_gt_affinity_is_accounted() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=1))
+    gt = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["3"]}]}]}}}
+    live.put("pods", pod("foreign", scheduler="other", node_name="n0", phase="Running", affinity=gt))
+    live.put("pods", pod("ours"))
+    live.cycle()
+    assert set(live.held()) == {"default/foreign"} and live.binds.queued == []
+
+
+def test_after_a_relist_the_annotated_pod_keeps_its_gpu_and_the_guess_moves() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=2))
+    foreign = pod("a-foreign", scheduler="other", node_name="n0", phase="Running")  # names no device
+    ours = pod("b-ours", node_name="n0", devices="0", phase="Running")
+    live.objects[("pods", "default/a-foreign")] = foreign
+    live.objects[("pods", "default/b-ours")] = ours
+    live.relist("pods")  # as at a restart: one list holding both, seen before the nodes are in the state
+    live.cycle()
+    assert live.held() == {"default/b-ours": ("n0", (0,)), "default/a-foreign": ("n0", (1,))}
+    assert live.cache.stats["inexact"] == 0
+
+
+def test_an_annotated_pod_seen_after_a_guess_displaces_it() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=2))
+    live.cycle()
+    live.put("pods", pod("foreign", scheduler="other", node_name="n0", phase="Running"))
+    assert live.held()["default/foreign"] == ("n0", (0,))  # a guess
+    live.put("pods", pod("ours", node_name="n0", devices="0", phase="Running"))
+    assert live.held() == {"default/ours": ("n0", (0,)), "default/foreign": ("n0", (1,))}
+    live.put("pods", pod("new", gpus=1))
+    live.cycle()
+    assert live.binds.queued == []  # both GPUs are held: nothing is booked twice
+
+
+def test_a_node_that_shrinks_keeps_its_pods_and_offers_nothing_more() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=2, cpu="32"))
+    live.put("pods", pod("big", gpus=0, cpu="24", scheduler="other", node_name="n0", phase="Running"))
+    live.put("nodes", node("n0", gpus=2, cpu="16"))  # a device plugin restart, a kubelet reserving more
+    live.put("pods", pod("ours", gpus=1, cpu="1"))
+    live.cycle()
+    assert "default/big" in live.state.assignments and live.binds.queued == []
+    assert live.state.overcommitted(0)
+
+
+def test_a_bound_pod_with_a_resource_no_node_offers_is_accounted_with_a_metric() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=1))
+    live.cycle()
+    live.put("pods", pod("odd", gpus=1, scheduler="other", node_name="n0", phase="Running",
+                         requests={"example.com/fpga": "1"}))
+    assert live.held()["default/odd"] == ("n0", (0,)) and live.cache.stats["inexact"] == 1
+
+
+# ---- 2. our pods may ask for ephemeral-storage and hugepages ---------------------------------------------------------
+def test_our_pod_asking_ephemeral_storage_is_scheduled() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=1, ephemeral_storage="100Gi", hugepages_1Gi="4Gi"))
+    live.put("pods", pod("p", requests={"ephemeral-storage": "20Gi", "hugepages-1Gi": "2Gi"}))
+    assert live.place() == {"default/p": "n0"}
+
+
+# ---- 3. cpu/memory drift ---------------------------------------------------------------------------------------------
+def test_an_in_place_resize_of_a_bound_pod_is_accounted() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=0, cpu="32"))
+    live.cycle()
+    p = pod("p", gpus=0, cpu="4", scheduler="other", node_name="n0", phase="Running")
+    live.put("pods", p)
+    resized = {**p, "spec": {**p["spec"], "containers": [{"name": "c", "resources": {"requests": {"cpu": "30"}}}]}}
+    live.put("pods", resized)
+    assert live.state.assignments["default/p"].vector[0] == 30_000
+    live.put("pods", pod("ours", gpus=0, cpu="4"))
+    live.cycle()
+    assert live.binds.queued == []
+
+
+def test_sidecar_init_containers_are_added() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=0, cpu="16"))
+    spec = {"initContainers": [{"name": "proxy", "restartPolicy": "Always", "resources": {"requests": {"cpu": "8"}}}]}
+    live.put("pods", pod("p", gpus=0, cpu="10", **spec))  # 10 + 8 > 16
+    live.cycle()
+    assert live.binds.queued == []
+    assert "pod requests more cpu than any node has (18000)" in live.events.of("p", "FailedScheduling")[0]
+
+
+# ---- 4. finished while its binding is in flight -----------------------------------------------------------------------
+def test_a_pod_seen_finished_while_binding_is_released() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=1))
+    p = live.put("pods", pod("p"))
+    live.cycle()
+    [req] = live.binds.take()
+    live.put("pods", {**p, "status": {"phase": "Succeeded"}})  # a relist shows it done, never bound by us
+    live.answer([req], watch=False)  # then the binding's answer arrives
+    assert live.state.assignments == {} and live.cache.assumed == {}
+    live.put("pods", pod("next"))
+    assert live.place() == {"default/next": "n0"}
+
+
+# ---- 5. scheduling gates --------------------------------------------------------------------------------------------
+def test_a_gated_member_holds_its_gang_back_until_the_gate_goes() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=4))
+    live.put("podgroups", podgroup("g", 2))
+    live.put("pods", pod("a", group="g"))
+    gated = live.put("pods", pod("b", group="g", schedulingGates=[{"name": "example.com/quota"}]))
+    live.cycle(3, advance=1.0)
+    assert live.binds.queued == [] and live.state.assignments == {}
+    assert live.events.of("a", "FailedScheduling") == [
+        "gang default/g: 1 of minMember=2 pods exist, 1 more wait for spec.schedulingGates to be removed"]
+    live.put("pods", {**gated, "spec": {k: v for k, v in gated["spec"].items() if k != "schedulingGates"}})
+    assert live.place() == {"default/a": "n0", "default/b": "n0"}
+
+
+def test_a_member_whose_binding_keeps_being_refused_does_not_reset_the_gang_timer() -> None:
+    live = Live(gang_timeout=30)
+    live.put("nodes", node("n0", gpus=4))
+    live.put("podgroups", podgroup("g", 2))
+    live.put("pods", pod("a", group="g"))
+    live.put("pods", pod("b", group="g"))
+    live.cycle()
+    reqs = {r.name: r for r in live.binds.take()}
+    live.answer([reqs["a"]])
+    live.answer([reqs["b"]], error=REFUSED)
+    for _ in range(40):  # b is placed again after each backoff, and refused again
+        live.cycle(advance=1.0)
+        for req in live.binds.take():
+            live.answer([req], error=REFUSED)
+        if live.deleted:
+            break
+    assert live.deleted == ["default/a"]
+    assert 30 <= live.now - T0 <= 33
+    assert "GangIncomplete" in {r for _, _, r, _ in live.events.items}
+
+
+# ---- 6. a half-bound gang whose PodGroup goes --------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["deleted", "invalid"])
+def test_a_half_bound_gang_whose_podgroup_goes_is_given_back(how: str) -> None:
+    live = Live(gang_timeout=20)
+    live.put("nodes", node("n0", gpus=4))
+    pg = live.put("podgroups", podgroup("g", 2))
+    live.put("pods", pod("a", group="g"))
+    live.put("pods", pod("b", group="g"))
+    live.cycle()
+    reqs = {r.name: r for r in live.binds.take()}
+    live.answer([reqs["a"]])
+    live.answer([reqs["b"]], error=REFUSED)
+    if how == "deleted":
+        live.remove("podgroups", pg)
+    else:
+        live.put("podgroups", {**pg, "spec": {"minMember": 0}})
+    live.cycle(25, advance=1.0)
+    assert live.deleted == ["default/a"] and live.state.assignments == {}
+
+
+def test_a_whole_gang_whose_podgroup_is_deleted_keeps_running() -> None:
+    live = Live(gang_timeout=20)
+    live.put("nodes", node("n0", gpus=4))
+    pg = live.put("podgroups", podgroup("g", 2))
+    live.put("pods", pod("a", group="g"))
+    live.put("pods", pod("b", group="g"))
+    live.place()
+    live.remove("podgroups", pg)
+    live.cycle(25, advance=1.0)
+    assert live.deleted == [] and set(live.state.assignments) == {"default/a", "default/b"}
+
+
+# ---- 7. starvation protection -----------------------------------------------------------------------------------------
+STARVING = {"queueSort": "priority-fifo", "starvationSeconds": 10}
+
+
+def test_a_starving_gang_in_backoff_still_holds_the_line() -> None:
+    live = Live(STARVING)
+    live.put("nodes", node("n0", gpus=4))
+    live.put("pods", pod("running", gpus=2, scheduler="other", node_name="n0", phase="Running"))
+    live.put("podgroups", podgroup("big", 1))
+    live.put("pods", pod("big", gpus=4, group="big", created=T0 - 60))  # starving: waited 60 s > 10 s
+    live.cycle()
+    assert live.binds.queued == []
+    live.put("pods", pod("small", gpus=1, created=T0 - 1))  # would fit beside "running"
+    for _ in range(5):
+        live.cycle(advance=0.1)  # "big" waits out its backoff: it is not tried, but still blocks
+    assert live.binds.queued == []
+    live.remove("pods", live.objects[("pods", "default/running")])
+    assert live.place() == {"default/big": "n0"}
+
+
+def test_backfill_false_also_blocks_while_the_head_backs_off() -> None:
+    live = Live({"queueSort": "fifo", "backfill": False})
+    live.put("nodes", node("n0", gpus=4))
+    live.put("pods", pod("running", gpus=2, scheduler="other", node_name="n0", phase="Running"))
+    live.put("pods", pod("head", gpus=4, created=T0 - 30))
+    live.cycle()
+    live.put("pods", pod("tail", gpus=1, created=T0 - 1))
+    live.cycle(5, advance=0.1)
+    assert live.binds.queued == []
+
+
+def test_a_starving_gang_that_can_never_fit_gives_way_with_an_event() -> None:
+    live = Live(STARVING)
+    live.put("nodes", node("n0", gpus=4))
+    live.put("pods", pod("typo", gpus=1, created=T0 - 60, nodeSelector={"zone": "eu-wset"}))
+    live.put("pods", pod("small", gpus=1, created=T0 - 1))
+    assert live.place() == {"default/small": "n0"}
+    [msg] = live.events.of("typo", "FailedScheduling")
+    assert "does not hold back the gangs behind it" in msg and "didn't match Pod's node affinity/selector" in msg
+
+
+# ---- 8. huge quantities ---------------------------------------------------------------------------------------------
+def test_a_huge_quantity_is_an_event_naming_the_field_not_a_crash() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=2))
+    live.put("pods", pod("huge", gpus=10_000_000_000))
+    live.put("pods", pod("cpu", gpus=0, cpu="1e16"))
+    live.put("pods", pod("ok"))
+    assert live.place() == {"default/ok": "n0"}
+    assert "requests[nvidia.com/gpu]" in live.events.of("huge", "FailedScheduling")[0]
+    assert "requests[cpu]" in live.events.of("cpu", "FailedScheduling")[0]
+    assert live.sched.stats["event_errors"] == 0
+
+
+def test_a_bound_pod_with_a_huge_quantity_is_accounted() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=2))
+    live.cycle()
+    live.put("pods", pod("huge", gpus=0, cpu="1e16", scheduler="other", node_name="n0", phase="Running"))
+    assert "default/huge" in live.state.assignments and live.cache.stats["inexact"] == 1
+    live.put("pods", pod("ours"))
+    live.cycle()
+    assert live.binds.queued == []
+
+
+# ---- 9. relabelled into another gang -------------------------------------------------------------------------------
+def test_a_pending_pod_relabelled_into_another_gang_leaves_the_old_one() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=4))
+    live.put("podgroups", podgroup("old", 2))
+    live.put("podgroups", podgroup("new", 1))
+    p = live.put("pods", pod("p", group="old"))
+    live.put("pods", pod("q", group="old"))
+    live.put("pods", {**p, "metadata": {**p["metadata"], "labels": {"scheduling.x-k8s.io/pod-group": "new"}}})
+    bound = live.place(3)
+    assert bound == {"default/p": "n0"}  # "old" now has one pod of minMember 2
+    assert live.sched.stats["event_errors"] == 0 and len(live.state.assignments) == 1
+
+
+# ---- 10. a gang with an invalid member ---------------------------------------------------------------------------------
+def test_a_gang_with_an_invalid_member_is_scheduled_once() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=4))
+    live.put("podgroups", podgroup("g", 2))
+    live.put("pods", pod("a", group="g"))
+    live.put("pods", pod("b", group="g"))
+    live.put("pods", pod("bad", group="g", cpu="lots"))
+    live.place(10)
+    assert live.sched.stats["gangs_scheduled"] == 1 and live.sched.stats["attempts_success"] == 1
+    assert sum(v for k, v in live.sched.stats.items() if k.startswith("attempts_")) == 1
+    assert "is not a Kubernetes quantity" in live.events.of("bad", "FailedScheduling")[0]
+
+
+# ---- 11. after the lease is lost nothing more is done -------------------------------------------------------------------
+def test_a_binding_refused_for_not_leading_is_not_retried_nor_forgotten() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=1))
+    live.put("pods", pod("p"))
+    live.cycle()
+    live.answer(error=ApiError(0, NOT_LEADER, "lease lost"))
+    live.cycle()
+    assert live.binds.queued == [] and live.sched.stats["bind_errors"] == 0
+    assert live.events.of("p", "FailedBinding") == []
+
+
+# ---- 12. queue-sort sees real gangs, and their age -------------------------------------------------------------------
+def test_smallest_first_sees_the_gangs_real_size() -> None:
+    live = Live({"queueSort": "smallest-first"})
+    live.put("nodes", node("n0", gpus=4))
+    live.put("pods", pod("running", gpus=1, scheduler="other", node_name="n0", phase="Running"))
+    live.put("podgroups", podgroup("big", 1))
+    live.put("pods", pod("big", gpus=4, group="big", created=T0 - 50))
+    live.put("pods", pod("small", gpus=2, created=T0 - 10))
+    live.remove("pods", live.objects[("pods", "default/running")])
+    assert live.place() == {"default/small": "n0"}
+
+
+def test_a_gang_keeps_its_age_across_a_restart() -> None:
+    live = Live({"queueSort": "fifo"})
+    live.put("nodes", node("n0", gpus=2))
+    live.put("pods", pod("young", gpus=2, created=T0 - 5))  # seen first
+    live.put("pods", pod("old", gpus=2, created=T0 - 500))  # created long before: a restart listed it late
+    assert live.place() == {"default/old": "n0"}
+
+
+# ---- 13. fields honoured or refused ---------------------------------------------------------------------------------
+def test_min_resources_are_checked_before_placement() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=4))
+    live.put("podgroups", podgroup("g", 1, minResources={"nvidia.com/gpu": "8"}))
+    live.put("pods", pod("a", group="g"))
+    live.cycle()
+    assert live.binds.queued == []
+    assert "spec.minResources nvidia.com/gpu=8 exceeds the 4 free" in live.events.of("a", "FailedScheduling")[0]
+
+
+def test_match_fields_on_the_node_name_are_honoured() -> None:
+    live = Live()
+    for n in ("n0", "n1", "n2"):
+        live.put("nodes", node(n, gpus=1))
+    aff = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}}
+    live.put("pods", pod("p", affinity=aff))
+    assert live.place() == {"default/p": "n1"}
+
+
+def test_the_global_default_priority_class_and_classes_synced_late() -> None:
+    live = Live({"queueSort": "priority-fifo"})
+    live.put("nodes", node("n0", gpus=1))
+    live.put("pods", pod("named", created=T0 - 10, priorityClassName="high"))  # before the classes are synced
+    live.put("pods", pod("plain", created=T0 - 50))
+    live.sched.handle("priorityclasses", "SYNC", [
+        {"metadata": {"name": "high"}, "value": 1000},
+        {"metadata": {"name": "default"}, "value": 500, "globalDefault": True}])
+    assert live.cache.priority(live.cache.pods["default/plain"]) == 500
+    assert live.place() == {"default/named": "n0"}
+
+
+# ---- 14. what users read ----------------------------------------------------------------------------------------------
+def test_a_successful_binding_posts_scheduled() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=1))
+    live.put("pods", pod("p"))
+    live.place()
+    assert live.events.of("p", "Scheduled") == ["Successfully assigned default/p to n0"]
+
+
+def test_a_member_beyond_min_member_is_told_the_gang_runs() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=3))
+    live.put("podgroups", podgroup("g", 2))
+    for name in "abc":
+        live.put("pods", pod(name, group="g"))
+    live.place()
+    live.put("pods", pod("d", group="g"))
+    live.cycle()
+    [msg] = live.events.of("d", "FailedScheduling")
+    assert msg.startswith("gang default/g runs with 3 of 4 pods (minMember=2); this pod waits for room")
+    assert live.sched.tracks[live.cache.pods["default/d"].gang].last.code == Code.UNSCHEDULABLE
+
+
+# ---- the loop survives a bad object ---------------------------------------------------------------------------------
+def test_a_malformed_object_does_not_stop_the_loop() -> None:
+    live = Live()
+    live.sched.handle("pods", "ADDED", {"metadata": {}})  # no name
+    live.put("nodes", node("n0", gpus=1))
+    live.put("pods", pod("p"))
+    assert live.place() == {"default/p": "n0"} and live.sched.stats["event_errors"] == 1
