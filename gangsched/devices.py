@@ -6,9 +6,10 @@ keeps a multi-GPU pod inside as few interconnect groups (NVLink islands) as it c
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
-from gangsched.filters.resources import usable_devices
 from gangsched.frag import cpu_free, fragmentation_per_device, node_fragmentation
 from gangsched.framework import CycleContext
 from gangsched.model import CPU, MILLI_PER_GPU, Demand
@@ -16,7 +17,7 @@ from gangsched.scores.fgd import quantized
 
 
 def _usable(ctx: CycleContext, demand: Demand, node: int) -> np.ndarray:
-    return usable_devices(ctx.state, demand, slice(node, node + 1))[0]
+    return ctx.state.usable_devices(demand, slice(node, node + 1))[0]
 
 
 class BestDevice:
@@ -72,6 +73,7 @@ class FgdDevice(TopologyDevice):
     are compared on the paper's integer score, first index on ties, as their `FGDScore` selection does."""
 
     name = "fgd"
+    reads_workload: Final = True  # picks the device against the typical pod mix (falls back without one)
 
     def __init__(self, quantize: bool = False):
         self.quantize = quantize

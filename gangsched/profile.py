@@ -28,7 +28,7 @@ from gangsched.filters.node_affinity import NodeAffinity
 from gangsched.filters.resources import ResourceFit
 from gangsched.filters.taints import TaintToleration
 from gangsched.filters.unschedulable import Unschedulable
-from gangsched.framework import DevicePicker, FilterPlugin, QueueSortPlugin, ScorePlugin
+from gangsched.framework import DevicePicker, FilterPlugin, QueueSortPlugin, ScorePlugin, WorkloadAware
 from gangsched.queue import QUEUE_SORTS, GangQueue
 from gangsched.scores.allocation import LeastAllocated, MostAllocated
 from gangsched.scores.balanced_allocation import BalancedAllocation
@@ -109,7 +109,8 @@ def parse_profile(doc: dict[str, Any], source: str = "<profile>") -> Profile:
     return Profile(
         name=str(doc.get("name", source)), filters=filters, scores=scores, devices=devices,
         queue_sort=queue_sort, starvation_seconds=starve, backfill=bool(doc.get("backfill", True)),
-        tie_break=tie, needs_workload=any(isinstance(p, Fgd) for p, _ in scores) or isinstance(devices, FgdDevice))
+        tie_break=tie,
+        needs_workload=any(isinstance(p, WorkloadAware) for p in [*filters, *(s for s, _ in scores), devices]))
 
 
 def shipped_profiles() -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 from gangsched.framework import CycleContext, Rows
@@ -12,7 +14,7 @@ class TaintToleration:
     name = "taints"
     reason = "node(s) had untolerated taint"
     per_node = True
-    static = True  # reads the nodes' taints only
+    static: Final = True  # reads the nodes' taints only
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         state = ctx.state

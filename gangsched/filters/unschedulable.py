@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 from gangsched.framework import CycleContext, Rows
@@ -15,7 +17,7 @@ class Unschedulable:
     name = "unschedulable"
     reason = "node(s) were unschedulable"
     per_node = True
-    static = True  # reads spec.unschedulable only
+    static: Final = True  # reads spec.unschedulable only
 
     def __call__(self, ctx: CycleContext, demand: Demand, rows: Rows) -> np.ndarray:
         cordoned = ctx.state.unschedulable[rows]

@@ -8,6 +8,8 @@ ties for the random tie-break; without it the exact difference is min-max normal
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 from gangsched.frag import fragmentation_change
@@ -22,6 +24,7 @@ def quantized(gain: np.ndarray) -> np.ndarray:
 class Fgd:
     name = "fgd"
     per_node = True
+    reads_workload: Final = True  # scores against the typical pod mix
 
     def __init__(self, quantize: bool = False):
         self.quantize = quantize
