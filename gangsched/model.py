@@ -66,23 +66,54 @@ class Toleration:
         return self.key == taint.key and self.value == taint.value
 
 
-SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+NODE_NAME_FIELD = "metadata.name"  # the only key Kubernetes accepts in `matchFields`
+_INT64 = 1 << 63
 
 
 @dataclass(frozen=True)
 class Requirement:
-    """A node-selector requirement (`matchExpressions` entry) of required node affinity."""
+    """A node-selector requirement of required node affinity: a `matchExpressions` entry (a label), or with
+    `field` a `matchFields` entry (the node's name; kept apart because a label may be spelled the same)."""
 
     key: str
     operator: str
     values: tuple[str, ...] = ()
+    field: bool = False
 
     def __post_init__(self) -> None:
-        if self.operator not in SELECTOR_OPERATORS:
+        if self.field:
+            self._check_field()
+        elif self.operator not in SELECTOR_OPERATORS:
             raise ModelError(f"nodeAffinity operator {self.operator!r} for key {self.key!r}: "
                              f"expected one of {', '.join(SELECTOR_OPERATORS)}")
-        if self.operator in ("In", "NotIn") and not self.values:
+        elif self.operator in ("In", "NotIn") and not self.values:
             raise ModelError(f"nodeAffinity {self.operator} for key {self.key!r} needs values")
+        elif self.operator in ("Gt", "Lt") and (len(self.values) != 1 or self.integer(self.values[0]) is None):
+            raise ModelError(f"nodeAffinity {self.operator} for key {self.key!r} needs exactly one integer value, "
+                             f"got {list(self.values)}")
+
+    def _check_field(self) -> None:
+        # as the API server validates matchFields
+        if self.key != NODE_NAME_FIELD:
+            raise ModelError(f"matchFields key {self.key!r}: only {NODE_NAME_FIELD} is supported")
+        if self.operator not in ("In", "NotIn"):
+            raise ModelError(f"matchFields operator {self.operator!r}: only In or NotIn is supported")
+        if len(self.values) != 1:
+            raise ModelError(f"matchFields {self.operator} for {self.key} needs exactly one value, "
+                             f"got {list(self.values)}")
+
+    @staticmethod
+    def integer(value: str) -> int | None:
+        """`value` as Go's strconv.ParseInt(value, 10, 64) reads it (Gt/Lt operands and node labels), or None.
+        Stricter than int(): no spaces, underscores or non-ASCII digits."""
+        if not isinstance(value, str):
+            return None
+        digits = value[1:] if value[:1] in ("+", "-") else value
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        n = int(value)
+        return n if -_INT64 <= n < _INT64 else None
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,11 @@ class GangQueue:
         return self.starvation_seconds is not None and now - gang.enqueued >= self.starvation_seconds
 
     def pop_order(self, now: float) -> list[GangInfo]:
-        """Gangs in the order to try them; starving ones first, oldest first."""
+        """Gangs in the order to try them: those with members already holding nodes (a restart mid-binding, a
+        replacement pod) first, since what they hold is useless until they complete; then starving ones,
+        oldest first; then the queue-sort order."""
         return sorted(self.pending.values(),
-                      key=lambda g: (not self.starving(g, now),
+                      key=lambda g: (not g.bound, not self.starving(g, now),
                                      g.enqueued if self.starving(g, now) else 0.0,
                                      self.sort.key(g, now)))
 

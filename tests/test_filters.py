@@ -12,7 +12,17 @@ from gangsched.filters.resources import ResourceFit
 from gangsched.filters.taints import TaintToleration
 from gangsched.filters.unschedulable import Unschedulable
 from gangsched.framework import ALL
-from gangsched.model import GIB, Demand, Requirement, Taint, TaintEffect, Toleration, demand
+from gangsched.model import (
+    GIB,
+    NODE_NAME_FIELD,
+    Demand,
+    ModelError,
+    Requirement,
+    Taint,
+    TaintEffect,
+    Toleration,
+    demand,
+)
 from gangsched.state import ClusterState
 
 NS, PNS, NE = TaintEffect.NO_SCHEDULE, TaintEffect.PREFER_NO_SCHEDULE, TaintEffect.NO_EXECUTE
@@ -164,3 +174,78 @@ def test_filters_take_index_rows_and_empty_rows() -> None:
     assert NodeAffinity()(context(s), d, np.array([3, 0])).tolist() == [False, True]
     for flt in (ResourceFit(), TaintToleration(), Unschedulable(), GpuModel(), NodeAffinity()):
         assert flt(context(s), d, np.array([], dtype=np.intp)).shape == (0,)
+
+
+# ---- Gt / Lt and node names ------------------------------------------------------------------------------------
+GENERATIONS = [
+    cpu_node("g3", labels={"gen": "3"}),
+    cpu_node("g5", labels={"gen": "5"}),
+    cpu_node("g-2", labels={"gen": "-2"}),
+    cpu_node("g+7", labels={"gen": "+7"}),  # Go's strconv.ParseInt reads a sign
+    cpu_node("gx", labels={"gen": "x"}),  # not an integer: matches neither Gt nor Lt
+    cpu_node("g1.5", labels={"gen": "1.5"}),
+    cpu_node("g_1", labels={"gen": "1_0"}),  # Python's int() would read it, Go's ParseInt does not
+    cpu_node("g-huge", labels={"gen": str(2**63)}),  # out of int64
+    cpu_node("none"),
+]
+
+
+@pytest.mark.parametrize(("d", "expected"), [
+    (demand(affinity=((req("gen", "Gt", "3"),),)), ["g5", "g+7"]),
+    (demand(affinity=((req("gen", "Lt", "3"),),)), ["g-2"]),
+    (demand(affinity=((req("gen", "Gt", "-3"),),)), ["g3", "g5", "g-2", "g+7"]),
+    (demand(affinity=((req("gen", "Lt", "+6"),),)), ["g3", "g5", "g-2"]),
+    (demand(affinity=((req("rack", "Gt", "0"),),)), []),  # key no node has
+    (demand(affinity=((req("gen", "Gt", "2"), req("gen", "Lt", "6")),)), ["g3", "g5"]),
+    (demand(affinity=((req("gen", "Gt", "5"),), (req("gen", "Lt", "0"),))), ["g-2", "g+7"]),
+])
+def test_node_affinity_gt_lt(d: Demand, expected: list[str]) -> None:
+    assert admitted(NodeAffinity(), GENERATIONS, d) == expected
+
+
+@pytest.mark.parametrize("values", [(), ("1", "2"), ("x",), ("1.5",), (" 1",), ("1_0",), (str(2**63),)])
+@pytest.mark.parametrize("op", ["Gt", "Lt"])
+def test_gt_lt_need_one_integer(op: str, values: tuple[str, ...]) -> None:
+    with pytest.raises(ModelError, match=rf"{op} for key 'gen' needs exactly one integer value"):
+        Requirement("gen", op, values)
+
+
+def name_is(op: str, name: str) -> Requirement:
+    return Requirement(NODE_NAME_FIELD, op, (name,), field=True)
+
+
+NAMED = [cpu_node("a1", labels={NODE_NAME_FIELD: "b1"}), cpu_node("b1"), cpu_node("c1")]
+
+
+@pytest.mark.parametrize(("d", "expected"), [
+    (demand(affinity=((name_is("In", "b1"),),)), ["b1"]),  # the name, not a label spelled like the field
+    (demand(affinity=((name_is("NotIn", "b1"),),)), ["a1", "c1"]),
+    (demand(affinity=((name_is("In", "gone"),),)), []),
+    (demand(affinity=((name_is("NotIn", "gone"),),)), ["a1", "b1", "c1"]),
+    (demand(affinity=((req(NODE_NAME_FIELD, "In", "b1"),),)), ["a1"]),  # matchExpressions reads labels
+    (demand(affinity=((name_is("In", "a1"),), (name_is("In", "c1"),))), ["a1", "c1"]),
+    (demand(affinity=((name_is("NotIn", "a1"), req(NODE_NAME_FIELD, "DoesNotExist")),)), ["b1", "c1"]),
+])
+def test_node_affinity_match_fields(d: Demand, expected: list[str]) -> None:
+    assert admitted(NodeAffinity(), NAMED, d) == expected
+
+
+def test_node_affinity_rows_are_a_slice_of_all() -> None:
+    state = ClusterState(GENERATIONS + NAMED)
+    d = demand(affinity=((req("gen", "Gt", "0"), name_is("NotIn", "g5")), (name_is("In", "b1"),)))
+    full = NodeAffinity()(context(state), d, ALL)
+    rows = np.array([0, 1, 3, 4, 10])
+    np.testing.assert_array_equal(NodeAffinity()(context(state), d, rows), full[rows])
+    assert [state.names[i] for i in np.flatnonzero(full)] == ["g3", "g+7", "b1"]
+
+
+@pytest.mark.parametrize(("key", "op", "values", "message"), [
+    ("spec.unschedulable", "In", ("true",), "only metadata.name"),
+    (NODE_NAME_FIELD, "Exists", (), "In or NotIn"),
+    (NODE_NAME_FIELD, "Gt", ("1",), "In or NotIn"),
+    (NODE_NAME_FIELD, "In", ("a", "b"), "exactly one value"),
+    (NODE_NAME_FIELD, "NotIn", (), "exactly one value"),
+])
+def test_match_fields_validation(key: str, op: str, values: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        Requirement(key, op, values, field=True)

@@ -389,3 +389,18 @@ def test_a_malformed_object_does_not_stop_the_loop() -> None:
     live.put("nodes", node("n0", gpus=1))
     live.put("pods", pod("p"))
     assert live.place() == {"default/p": "n0"} and live.sched.stats["event_errors"] == 1
+
+
+def test_after_a_restart_mid_gang_the_gang_completes_before_a_newcomer() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=8))
+    live.put("nodes", node("n1", gpus=8))
+    live.put("podgroups", podgroup("big", 10))
+    live.put("podgroups", podgroup("other", 1))
+    for i in range(10):  # 4 of 10 members were bound when the last scheduler died
+        live.objects[("pods", f"default/big-{i}")] = pod(f"big-{i}", group="big", created=T0 - 50,
+                                                         **({"nodeName": "n0"} if i < 4 else {}))
+    live.objects[("pods", "default/other")] = pod("other", gpus=8, group="other", created=T0 - 100)
+    live.relist("pods")  # listed before the nodes are in the state
+    bound = live.place()
+    assert sorted(bound) == [f"default/big-{i}" for i in range(4, 10)]

@@ -443,6 +443,7 @@ class Cache:
         infos = [self.pods[k] for k in sorted(keys) if k in self.pods and self.pods[k].active]
         for info in sorted(infos, key=lambda p: gpu_devices(p.obj) is None):  # named GPUs before guesses
             self._account(info)
+            self._join_gang(info, changed=False)
         self.dirty.update(k for k, g in self.gangs.items() if g.pending)
 
     # ---- gangs -------------------------------------------------------------------------------------------------

@@ -111,7 +111,6 @@ def _taint(t: dict, node: str) -> Taint:
 
 # ---- effective requests ----------------------------------------------------------------------------------------
 Resources = dict[str, int]
-_POD_LEVEL = (CPU, MEMORY)  # with hugepages-*: what pod-level requests may set
 
 
 class _Reader:
@@ -172,16 +171,16 @@ def _resize_infeasible(status: dict) -> bool:
 
 def pod_requests(obj: dict, notes: list[str] | None = None) -> Resources:
     """Effective requests, as kube-scheduler computes them (component-helpers resource.PodRequests):
-    containers summed; sidecars (init containers with restartPolicy Always) added too; each regular init
-    container, with the sidecars started before it, runs alone, so their sum is a floor (max); pod-level
-    requests replace cpu, memory and hugepages; overhead added.
+    containers summed; sidecars (init containers with restartPolicy Always) added too, as they keep running;
+    a regular init container runs with just the sidecars started before it, so the pod needs at least that sum
+    (max); pod-level requests replace cpu, memory and hugepages-*; overhead added.
     While an in-place resize is pending, a container counts the largest of its spec and what the kubelet
     reports (status allocatedResources, resources.requests); once the resize is infeasible, only the latter.
     Strict unless `notes` is given (see `_Reader`)."""
     spec, status = _dict(obj.get("spec")), _dict(obj.get("status"))
     read = _Reader(_dict(obj.get("metadata")).get("name", "?"), notes)
-    reported = {cs.get("name"): (f"status.{kind}[{k}]", cs) for kind in ("containerStatuses", "initContainerStatuses")
-                for k, cs in _list(status.get(kind))}
+    reported = {cs["name"]: (f"status.{kind}[{k}]", cs) for kind in ("containerStatuses", "initContainerStatuses")
+                for k, cs in _list(status.get(kind)) if isinstance(cs.get("name"), str)}  # matched by name
     infeasible = _resize_infeasible(status)
 
     def of(c: dict, where: str, resizable: bool = True) -> Resources:
@@ -213,10 +212,9 @@ def pod_requests(obj: dict, notes: list[str] | None = None) -> Resources:
             init_peak = _max(init_peak, alone)
     total = _max(total, init_peak)
     pod_level = _dict(spec.get("resources"))
-    for r, q in read.resources({**_dict(pod_level.get("limits")), **_dict(pod_level.get("requests"))},
-                               "spec.resources.requests").items():
-        if r in _POD_LEVEL or r.startswith("hugepages-"):
-            total[r] = q
+    pod_level = {r: v for r, v in {**_dict(pod_level.get("limits")), **_dict(pod_level.get("requests"))}.items()
+                 if r in (CPU, MEMORY) or r.startswith("hugepages-")}  # what pod-level requests may set
+    total.update(read.resources(pod_level, "spec.resources.requests"))
     _add(total, read.resources(spec.get("overhead"), "spec.overhead"))
     return {r: read.total(r, q) for r, q in total.items()}
 
@@ -261,10 +259,10 @@ def _affinity(spec: dict, name: str) -> tuple[tuple[Requirement, ...], ...]:
                 .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
     terms = []
     for i, term in enumerate(required.get("nodeSelectorTerms") or []):
-        reqs = []
+        term, reqs = _dict(term), []  # a null term, like an empty one, matches no node
         # both lists of a term are ANDed; matchFields name node fields (only metadata.name), not labels
         for kind, field in (("matchExpressions", False), ("matchFields", True)):
-            for j, expr in enumerate(term.get(kind) or []):
+            for j, expr in _list(term.get(kind)):
                 where = f"pod {name} {_REQUIRED}.nodeSelectorTerms[{i}].{kind}[{j}]"
                 if "key" not in expr:
                     raise ModelError(f"{where}: needs a key")
