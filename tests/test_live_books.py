@@ -119,7 +119,7 @@ def test_sidecar_init_containers_are_added() -> None:
     assert "pod requests more cpu than any node has (18000)" in live.events.of("p", "FailedScheduling")[0]
 
 
-# ---- 4. finished while its binding is in flight -----------------------------------------------------------------------
+# ---- 4. finished while its binding is in flight ----------------------------------------------------------------------
 def test_a_pod_seen_finished_while_binding_is_released() -> None:
     live = Live()
     live.put("nodes", node("n0", gpus=1))
@@ -169,7 +169,7 @@ def test_a_member_whose_binding_keeps_being_refused_does_not_reset_the_gang_time
     assert "GangIncomplete" in {r for _, _, r, _ in live.events.items}
 
 
-# ---- 6. a half-bound gang whose PodGroup goes --------------------------------------------------------------------------
+# ---- 6. a half-bound gang whose PodGroup goes ------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["deleted", "invalid"])
 def test_a_half_bound_gang_whose_podgroup_goes_is_given_back(how: str) -> None:
     live = Live(gang_timeout=20)
@@ -201,7 +201,7 @@ def test_a_whole_gang_whose_podgroup_is_deleted_keeps_running() -> None:
     assert live.deleted == [] and set(live.state.assignments) == {"default/a", "default/b"}
 
 
-# ---- 7. starvation protection -----------------------------------------------------------------------------------------
+# ---- 7. starvation protection ----------------------------------------------------------------------------------------
 STARVING = {"queueSort": "priority-fifo", "starvationSeconds": 10}
 
 
@@ -280,7 +280,7 @@ def test_a_pending_pod_relabelled_into_another_gang_leaves_the_old_one() -> None
     assert live.sched.stats["event_errors"] == 0 and len(live.state.assignments) == 1
 
 
-# ---- 10. a gang with an invalid member ---------------------------------------------------------------------------------
+# ---- 10. a gang with an invalid member -------------------------------------------------------------------------------
 def test_a_gang_with_an_invalid_member_is_scheduled_once() -> None:
     live = Live()
     live.put("nodes", node("n0", gpus=4))
@@ -294,7 +294,7 @@ def test_a_gang_with_an_invalid_member_is_scheduled_once() -> None:
     assert "is not a Kubernetes quantity" in live.events.of("bad", "FailedScheduling")[0]
 
 
-# ---- 11. after the lease is lost nothing more is done -------------------------------------------------------------------
+# ---- 11. after the lease is lost nothing more is done ----------------------------------------------------------------
 def test_a_binding_refused_for_not_leading_is_not_retried_nor_forgotten() -> None:
     live = Live()
     live.put("nodes", node("n0", gpus=1))
@@ -359,7 +359,7 @@ def test_the_global_default_priority_class_and_classes_synced_late() -> None:
     assert live.place() == {"default/named": "n0"}
 
 
-# ---- 14. what users read ----------------------------------------------------------------------------------------------
+# ---- 14. what users read ---------------------------------------------------------------------------------------------
 def test_a_successful_binding_posts_scheduled() -> None:
     live = Live()
     live.put("nodes", node("n0", gpus=1))
