@@ -85,11 +85,11 @@ DEPLOY = ROOT / "deploy"
 BENCH_LABEL = "gangsched.io/bench"
 PG_API = "/apis/scheduling.x-k8s.io/v1alpha1"
 GANG = 8
-SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "ceiling")
+SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "ceiling", "gangsched-baseline")
 PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler")
 WORKLOADS = ("single", "gang8")
 # spec.schedulerName of the pods each scheduler serves; nobody serves the ceiling's.
-SCHEDULER_NAME = {"gangsched": "gangsched", "kube-scheduler": "default-scheduler",
+SCHEDULER_NAME = {"gangsched": "gangsched", "gangsched-baseline": "gangsched", "kube-scheduler": "default-scheduler",
                   "kube-scheduler-qps": "default-scheduler", "coscheduler": "coscheduler", "ceiling": "bench-ceiling"}
 
 
@@ -275,6 +275,7 @@ class Options:
     timeout: float
     log_dir: Path
     cluster: DevCluster | None  # peers need its binaries and scheduler API
+    baseline: Path | None = None  # an older checkout of gangsched, run as "gangsched-baseline"
 
 
 @dataclass
@@ -325,22 +326,27 @@ def scheduler_config(path: Path, kubeconfig: Path, qps: float | None, burst: int
     return cfg
 
 
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], log: Path, src: Path = ROOT) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(src)} if src != ROOT else None  # its gangsched before the installed one
     with log.open("ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=ROOT)
+                                start_new_session=True, cwd=src, env=env)
 
 
 def start_scheduler(which: str, opt: Options, ns: str, run: str, tag: str,
                     profile_to: Path | None = None) -> Running:
     log = opt.log_dir / f"{tag}.log"
     common = ["--kubeconfig", str(opt.kubeconfig), "--qps", str(opt.qps), "--burst", str(opt.burst)]
-    if which == "gangsched":
+    if which in ("gangsched", "gangsched-baseline"):
         args = ["run", *common, "--bind-workers", str(opt.workers), "--no-events"]  # INFO: start and final stats only
         if profile_to is not None:
             cmd = [sys.executable, __file__, "profiled-run", "--profile-out", str(profile_to), "--", *args]
         else:
             cmd = [sys.executable, "-m", "gangsched.cli", *args]
+        if which == "gangsched-baseline":
+            if opt.baseline is None:
+                raise DevClusterError("gangsched-baseline needs --baseline (an older checkout of gangsched)")
+            return Running(which, log, proc=_spawn(cmd, log, opt.baseline))
         return Running(which, log, proc=_spawn(cmd, log))
     if which == "ceiling":
         cmd = [sys.executable, __file__, "ceiling", *common, "--bind-workers", str(opt.workers), "--namespace", ns,
@@ -557,12 +563,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--qps", type=float, default=5000.0, help="client QPS of gangsched, the ceiling and the peers")
     p.add_argument("--burst", type=int, default=10000, help="client burst, as --qps")
     p.add_argument("--bind-workers", type=int, default=16, help="concurrent bindings (gangsched and the ceiling)")
-    p.add_argument("--schedulers", default=",".join(SCHEDULERS), help=f"subset of {','.join(SCHEDULERS)}")
+    p.add_argument("--schedulers", default=",".join(SCHEDULERS[:-1]), help=f"subset of {','.join(SCHEDULERS)}")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
     p.add_argument("--repeat", type=int, default=1,
                    help="measure each scheduler and workload this many times (in rounds) and keep the fastest")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all pods of one run")
     p.add_argument("--kubeconfig", type=Path, help="a running cluster (default: start a DevCluster in a temp dir)")
+    p.add_argument("--baseline", type=Path,
+                   help="an older checkout of gangsched (e.g. `git worktree add /tmp/base <rev>`), measured as "
+                        "scheduler gangsched-baseline in the same run")
     p.add_argument("--keep-kwok", action="store_true", help="leave KWOK running in a cluster of our own")
     p.add_argument("--profile-scheduler", action="store_true",
                    help="one extra gangsched run under cProfile (largest size); see results/live_profile.txt")
@@ -624,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             kubeconfig = args.kubeconfig
             cluster = find_devcluster(kubeconfig)
-        opt = Options(kubeconfig, args.qps, args.burst, args.bind_workers, args.timeout, log_dir, cluster)
+        opt = Options(kubeconfig, args.qps, args.burst, args.bind_workers, args.timeout, log_dir, cluster,
+                      args.baseline)
         admin = KubeClient.load(str(kubeconfig), qps=0, burst=1, pool_size=40)
         print(f"run {run}: logs in {log_dir}", flush=True)
         for n in sizes:

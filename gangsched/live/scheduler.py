@@ -107,7 +107,7 @@ class LiveScheduler:
                 self._bind_done(obj)
             else:
                 self.cache.apply(kind, typ, obj)
-        except Exception:  # one bad object must not stop the loop; the next relist repairs the cache
+        except Exception:  # one bad object must not stop the loop: it is skipped, and logged
             self.stats["event_errors"] += 1
             log.exception("%s %s event not applied", kind, typ)
 
@@ -119,12 +119,7 @@ class LiveScheduler:
         self.giveback.check(now)
         for gkey in self.cache.take_dirty():
             self._requeue(gkey)
-        for gkey, since in list(self.gathering.items()):
-            if now - since >= GATHER_GRACE:
-                del self.gathering[gkey]
-                view = self.cache.view(gkey)
-                if view is not None and view.problem:
-                    self._tell(view, self.tracks.setdefault(gkey, Track()), view.problem)
+        self._tell_gathering(now)
         run_pass(self.core, self.queue, now, ready=self._ready, on_result=self._on_result)
         self._flush_status()
 
@@ -157,6 +152,14 @@ class LiveScheduler:
         self.queue.add(view.info)
         if track is not None:
             track.last = None  # a change to the gang itself: try it again at once
+
+    def _tell_gathering(self, now: float) -> None:
+        for gkey, since in list(self.gathering.items()):
+            if now - since >= GATHER_GRACE:
+                del self.gathering[gkey]
+                view = self.cache.view(gkey)
+                if view is not None and view.problem:
+                    self._tell(view, self.tracks.setdefault(gkey, Track()), view.problem)
 
     def _ready(self, gang: GangInfo) -> Status | None:
         track = self.tracks.get(gang.key)  # type: ignore[arg-type]

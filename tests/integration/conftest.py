@@ -7,6 +7,7 @@ for want of them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 
 from gangsched.devcluster import DevCluster, ensure_binaries
+from gangsched.live.kube import KubeClient
+from tests.integration.live import Cluster, SchedulerProcess
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,3 +57,33 @@ def namespace(kube: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
     return name
+
+
+# ---- `gangsched run` against the API server: a namespace with its own nodes, and scheduler processes ------------
+@pytest.fixture
+def cluster(devcluster, request):
+    client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
+    ns = f"t{uuid.uuid4().hex[:6]}-{request.node.name.removeprefix('test_').replace('_', '-')[:30].rstrip('-')}"
+    client.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    c = Cluster(client, ns)
+    yield c
+    c.delete_pods()
+    for node in c.nodes:
+        client.request("DELETE", f"/api/v1/nodes/{node}")
+
+
+@pytest.fixture
+def start_scheduler(devcluster, tmp_path):
+    procs: list[SchedulerProcess] = []
+    counter = itertools.count()
+
+    def start(*extra: str) -> SchedulerProcess:
+        p = SchedulerProcess(devcluster.kubeconfig, tmp_path / f"gangsched-{next(counter)}.log", *extra)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+    for p in procs:
+        print(f"--- {p.log_path.name}\n{p.output()[-4000:]}")

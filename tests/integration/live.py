@@ -64,11 +64,14 @@ class Cluster:
         self.ns = namespace
         self.nodes: list[str] = []
 
-    def add_nodes(self, count: int, gpus: int) -> list[str]:
+    def add_nodes(self, count: int, gpus: int, extra: dict[str, str] | None = None) -> list[str]:
+        """Fake GPU nodes only this namespace's pods select; `extra`: more allocatable (ephemeral-storage...)."""
         names = []
         for i in range(len(self.nodes), len(self.nodes) + count):
             node = gpu_node_manifest(f"{self.ns}-n{i}", gpus=gpus, gpu_model="A100", cpu="32", memory="256Gi")
             node["metadata"]["labels"]["gangsched.test/ns"] = self.ns
+            for key in ("capacity", "allocatable"):
+                node["status"][key].update(extra or {})
             self.c.request("POST", "/api/v1/nodes", node)
             names.append(node["metadata"]["name"])
         self.nodes += names
@@ -88,7 +91,7 @@ class Cluster:
         return self.c.request("POST", PG_PATH.format(ns=self.ns), body)
 
     def pod(self, name: str, gpus: int = 1, group: str | None = None, volcano: bool = False,
-            scheduler: str = "gangsched", cpu: str = "1") -> dict:
+            scheduler: str = "gangsched", cpu: str = "1", gates: list[str] | None = None) -> dict:
         meta: dict[str, Any] = {"name": name, "namespace": self.ns, "labels": {}, "annotations": {}}
         if group and volcano:
             meta["annotations"]["scheduling.k8s.io/group-name"] = group
@@ -101,6 +104,8 @@ class Cluster:
             "terminationGracePeriodSeconds": 0,
             "containers": [{"name": "main", "image": "busybox", "resources": {"requests": {**res, **limits},
                                                                               "limits": limits}}]}}
+        if gates:
+            body["spec"]["schedulingGates"] = [{"name": g} for g in gates]
         return self.c.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
 
     def pods(self, prefix: str = "") -> list[dict]:

@@ -8,43 +8,13 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
 
 import pytest
 
 from gangsched.live.kube import ApiError, KubeClient
-from tests.integration.live import Cluster, SchedulerProcess, wait_for
+from tests.integration.live import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def cluster(devcluster, request):
-    client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
-    ns = f"t{uuid.uuid4().hex[:6]}-{request.node.name.removeprefix('test_').replace('_', '-')[:30].rstrip('-')}"
-    client.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    c = Cluster(client, ns)
-    yield c
-    c.delete_pods()
-    for node in c.nodes:
-        client.request("DELETE", f"/api/v1/nodes/{node}")
-
-
-@pytest.fixture
-def start_scheduler(devcluster, tmp_path):
-    procs: list[SchedulerProcess] = []
-    counter = itertools.count()
-
-    def start(*extra: str) -> SchedulerProcess:
-        p = SchedulerProcess(devcluster.kubeconfig, tmp_path / f"gangsched-{next(counter)}.log", *extra)
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.stop()
-    for p in procs:
-        print(f"--- {p.log_path.name}\n{p.output()[-4000:]}")
 
 
 def names(pods: list[dict]) -> set[str]:
