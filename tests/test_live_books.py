@@ -158,10 +158,11 @@ def test_a_member_whose_binding_keeps_being_refused_does_not_reset_the_gang_time
     reqs = {r.name: r for r in live.binds.take()}
     live.answer([reqs["a"]])
     live.answer([reqs["b"]], error=REFUSED)
-    for _ in range(40):  # b is placed again after each backoff, and refused again
+    in_flight: list = []
+    for _ in range(40):  # b is placed again after each backoff, and refused a cycle later
         live.cycle(advance=1.0)
-        for req in live.binds.take():
-            live.answer([req], error=REFUSED)
+        live.answer(in_flight, error=REFUSED)
+        in_flight = live.binds.take()
         if live.deleted:
             break
     assert live.deleted == ["default/a"]
@@ -321,9 +322,9 @@ def test_smallest_first_sees_the_gangs_real_size() -> None:
 def test_a_gang_keeps_its_age_across_a_restart() -> None:
     live = Live({"queueSort": "fifo"})
     live.put("nodes", node("n0", gpus=2))
-    live.put("pods", pod("young", gpus=2, created=T0 - 5))  # seen first
-    live.put("pods", pod("old", gpus=2, created=T0 - 500))  # created long before: a restart listed it late
-    assert live.place() == {"default/old": "n0"}
+    live.put("pods", pod("a-young", gpus=2, created=T0 - 5))  # seen first
+    live.put("pods", pod("z-old", gpus=2, created=T0 - 500))  # created long before: a restart listed it late
+    assert live.place() == {"default/z-old": "n0"}
 
 
 # ---- 13. fields honoured or refused ---------------------------------------------------------------------------------
