@@ -243,7 +243,10 @@ class Cache:
             demand, error, held, notes = old.demand, old.error, old.held, old.held_notes
         else:
             demand, error = _demand(obj)
-            held, notes = held_demand(obj)
+            if demand is not None:  # its requests parsed exactly: what it holds once bound is the same
+                held, notes = Demand(requests=demand.requests, gpu_count=demand.gpu_count), []
+            else:
+                held, notes = held_demand(obj)
         group = group_name(obj)
         ours = spec.get("schedulerName") == self.scheduler_name
         prio = spec.get("priority")
