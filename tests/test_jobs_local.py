@@ -146,7 +146,13 @@ def test_torch_ddp_two_ranks(tmp_path: Path) -> None:
     _require("torch")
     pods = pytorch_job("ddp", "e2e", workers=1, port=free_port_block(1))[1:]
     procs, elapsed = run_pods(pods, tmp_path)
-    assert_ok(procs)
+    # Every rank exits 0 by itself, not just prints its summary: a group still alive at interpreter teardown
+    # made a rank abort after a successful run (exit -6, "terminate called without an active exception"), at
+    # random. That the group is freed by destroy_process_group() is checked on every run, not only by luck.
+    for p in procs.values():
+        assert p.returncode == 0, f"{p.name} exited {p.returncode}; stderr:\n{p.err[-3000:]}"
+        assert "terminate called" not in p.err, p.err[-3000:]
+        assert "outlived destroy_process_group" not in p.err, p.err[-3000:]
     results = [p.result for p in procs.values()]
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
     assert all(r["identical"] for r in results)

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 
 from gangsched.jobs._common import (
     BATCH,
@@ -64,6 +65,7 @@ def main() -> int:
 
     import torch
     import torch.distributed as dist
+    import torch.distributed.nn  # before init_process_group: see _teardown
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel
 
@@ -106,8 +108,36 @@ def main() -> int:
     )
     if not identical:
         log(f"rank {rank}: parameters differ from a peer's: {digests}")
-    dist.destroy_process_group()
+    del model, opt  # DDP's reducer holds the group too
+    _teardown(rank, 0 if identical else 3)  # the all_reduce above was the last collective on every rank
+    disarm_watchdog()  # armed through the teardown: a hang there still ends the process
     return 0 if identical else 3
+
+
+def _teardown(rank: int, code: int) -> None:
+    """Destroy the process group while the interpreter is fully alive, so its gloo threads and store go now.
+
+    A gloo worker thread releases each finished collective's Work after the caller has already returned, and
+    that release drops the tensors' Python objects, which takes the GIL. If the group (and so those threads)
+    still exists when the interpreter finalizes, such a thread gets pthread_exit'ed by take_gil while inside
+    C++ and the process aborts with "terminate called without an active exception" (exit 134), at random,
+    after a successful run. destroy_process_group() only frees the group if nothing else references it; the
+    ProcessGroup destructor then waits for the queued work, joins gloo's threads and closes the TCPStore (rank 0:
+    the store server). DDP's construction imports torch.distributed.nn.functional (via torch._dynamo, FSDP,
+    _shard) and its functions' defaults `group=group.WORLD` are evaluated at import: imported after
+    init_process_group they would hold the default group until interpreter teardown, hence the early import.
+    """
+    import torch.distributed as dist
+
+    world_pg = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    if world_pg() is not None:
+        # Something (a future torch, another lazy import) still references the group: its threads would meet
+        # the interpreter's finalization. Leave without it, the result already printed: no atexit work is lost.
+        log(f"rank {rank}: process group outlived destroy_process_group(); exiting with os._exit({code})")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
