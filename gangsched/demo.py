@@ -188,6 +188,8 @@ def say(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import cryptography  # noqa: F401  (the devcluster's certificates: fail now, not after a 15-minute build)
+
     from gangsched.devcluster import DevCluster, ensure_binaries
     from gangsched.devcluster.procnode import ProcessNodes
 
