@@ -1,0 +1,173 @@
+"""Gang-aware preemption: which running gangs to evict so that a waiting gang fits, simulated in state trials.
+
+kube-scheduler's victim selection (`selectVictimsOnNode`: remove every lower-priority pod, then reprieve as many
+as possible, the most valuable first), lifted from pods on one node to whole gangs on the cluster:
+
+1. Units of eviction: a running gang whole (evicting part of one wastes the rest), except that members of an
+   elastic gang above its minMember go one by one, as KAI-Scheduler does; a lone pod is a gang of one. Only
+   units of strictly lower priority than the preemptor (so two gangs never preempt each other in turn).
+2. Futility: with every such unit gone, the gang must fit (placed by the core, in a trial); else nothing is
+   evicted. A gang that cannot fit on an empty cluster (selectors, taints, GPU model) is never a preemptor.
+3. The lowest priority level that suffices: units up to the lowest level at which the gang fits are candidates
+   (so the highest victim priority is as low as it can be).
+4. Reprieve: candidates are put back, the most valuable first (higher priority, more PodDisruptionBudget
+   violations, smaller gangs so fewer gangs go, longer running), each kept back if the gang still fits. Units
+   on nodes the gang's placement does not touch are put back at once: they cannot matter to it.
+Everything happens inside trials that are rolled back: the caller gets the victims and the placement the gang
+would have, and evicts (live) or releases (simulator) them itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+from gangsched.core import GangResult, Scheduler
+from gangsched.framework import GangInfo
+from gangsched.result import Code, Status
+from gangsched.state import Assignment
+
+
+@dataclass(frozen=True)
+class Running:
+    """A running gang as preemption sees it. `pods` are keys of assignments in the state, in the order its
+    members above `min_member` would go (last first); `min_member` None: the gang goes whole."""
+
+    key: Hashable
+    pods: tuple[str, ...]
+    priority: int
+    started: float = 0.0
+    min_member: int | None = None
+    pdb_violations: int = 0  # PodDisruptionBudgets evicting it whole would violate
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What is evicted together: a whole gang, or one member above an elastic gang's minMember."""
+
+    gang: Running
+    pods: tuple[str, ...]
+    extra: bool = False  # a member above the gang's minMember (else the whole gang, or its minMember core)
+
+    @property
+    def whole(self) -> bool:
+        return len(self.pods) == len(self.gang.pods)
+
+
+@dataclass
+class Preemption:
+    status: Status
+    victims: list[Unit] = field(default_factory=list)
+    placement: list[Assignment] = field(default_factory=list)  # where the gang goes once the victims are gone
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+    @property
+    def code(self) -> Code:
+        return self.status.code
+
+    @property
+    def victim_pods(self) -> list[str]:
+        return [k for u in self.victims for k in u.pods]
+
+
+def units_of(running: Running) -> list[Unit]:
+    extra = len(running.pods) - running.min_member if running.min_member is not None else 0
+    if extra <= 0:
+        return [Unit(running, running.pods)]
+    core, above = running.pods[:running.min_member], running.pods[running.min_member:]
+    return [Unit(running, (k,), extra=True) for k in reversed(above)] + [Unit(running, core)]
+
+
+def find_victims(scheduler: Scheduler, gang: GangInfo, running: Sequence[Running],
+                 allowed: bool = True) -> Preemption:
+    """Victims among `running` whose eviction lets the gang (one that does not fit as things are) fit, or a
+    status saying why there are none."""
+    if not allowed:
+        return Preemption(Status.unresolvable("its PriorityClass has preemptionPolicy: Never"))
+    prio = gang.priority
+    units = [u for r in running if r.priority < prio for u in units_of(r)
+             if all(k in scheduler.state.assignments for k in u.pods)]
+    if not units:
+        return Preemption(Status.unschedulable(f"no running pod has a priority below {prio}"))
+    state = scheduler.state
+    with state.trial():
+        for u in units:
+            _release(state, u)
+        fit = _fits(scheduler, gang)
+        if fit.code == Code.UNRESOLVABLE:
+            return Preemption(Status.unresolvable(f"preemption cannot help: {fit.message()}"))
+        if not fit.ok:
+            return Preemption(Status.unschedulable(
+                f"it would not fit even with every pod of priority below {prio} gone: {fit.message()}"))
+    saved = {k: state.assignments[k] for u in units for k in u.pods}
+    levels = sorted({u.gang.priority for u in units})
+    with state.trial():
+        released: list[Unit] = []
+        for level in levels:  # the lowest level that suffices
+            for u in (u for u in units if u.gang.priority == level):
+                _release(state, u)
+                released.append(u)
+            fit = _fits(scheduler, gang)
+            if fit.ok:
+                break
+        with state.trial() as attempt:
+            victims = _reprieve(scheduler, gang, released, fit.placed, saved)
+            final = _fits(scheduler, gang)
+            if final.ok:
+                attempt.commit()
+        if not final.ok:  # the unchecked reprieves misled the greedy placement: check every one
+            victims = _reprieve(scheduler, gang, released, fit.placed, saved, shortcut=False)
+            final = _fits(scheduler, gang)
+    return Preemption(Status(), victims, final.placed)
+
+
+def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed: list[Assignment],
+              saved: dict[str, Assignment], shortcut: bool = True) -> list[Unit]:
+    """Put back every released unit the gang can do without, the most valuable first. With `shortcut`, a unit
+    on none of the nodes the gang's current placement uses goes back unchecked (it cannot matter to it)."""
+    state = scheduler.state
+    used = {a.node for a in placed}
+    kept: list[Unit] = []
+    for u in sorted(released, key=_keep_first):
+        _restore(state, u, saved)
+        if shortcut and not any(saved[k].node in used for k in u.pods):
+            continue
+        fit = _fits(scheduler, gang)
+        if fit.ok:
+            used = {a.node for a in fit.placed}
+            continue  # reprieved
+        _release(state, u)
+        kept.append(u)
+    # An elastic gang whose core (minMember pods) goes loses its other members too: never leave it partial.
+    gone = {u.gang.key for u in kept if not u.extra}
+    for u in released:
+        if u.gang.key in gone and u not in kept:
+            _release(state, u)  # it was reprieved: it is back in the state
+            kept.append(u)
+    return kept
+
+
+def _keep_first(u: Unit) -> tuple:
+    """Reprieve order, most valuable first: higher priority, more PDB violations, whole gangs and elastic
+    gangs' cores before the members above their minMember (those go first), fewer pods (so the victims are
+    fewer, larger gangs), running longer (more work lost if evicted)."""
+    return (-u.gang.priority, -(u.gang.pdb_violations if u.whole else 0), u.extra, len(u.pods), u.gang.started)
+
+
+def _fits(scheduler: Scheduler, gang: GangInfo) -> GangResult:
+    with scheduler.state.trial():  # rolled back: only the answer is kept
+        return scheduler.schedule_gang(gang)
+
+
+def _release(state, u: Unit) -> None:
+    for k in u.pods:
+        state.release(k)
+
+
+def _restore(state, u: Unit, saved: dict[str, Assignment]) -> None:
+    for k in u.pods:
+        a = saved[k]
+        state.assign(k, a.demand, a.node, a.devices, force=True)
