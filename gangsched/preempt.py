@@ -22,10 +22,14 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gangsched.core import GangResult, Scheduler
 from gangsched.framework import GangInfo
 from gangsched.result import Code, Status
 from gangsched.state import Assignment
+
+MIN_CANDIDATE_NODES = 100
 
 
 @dataclass(frozen=True)
@@ -93,26 +97,21 @@ def find_victims(scheduler: Scheduler, gang: GangInfo, running: Sequence[Running
     if not units:
         return Preemption(Status.unschedulable(f"no running pod has a priority below {prio}"))
     state = scheduler.state
-    with state.trial():
-        for u in units:
-            _release(state, u)
-        fit = _fits(scheduler, gang)
-        if fit.code == Code.UNRESOLVABLE:
-            return Preemption(Status.unresolvable(f"preemption cannot help: {fit.message()}"))
-        if not fit.ok:
-            return Preemption(Status.unschedulable(
-                f"it would not fit even with every pod of priority below {prio} gone: {fit.message()}"))
     saved = {k: state.assignments[k] for u in units for k in u.pods}
     levels = sorted({u.gang.priority for u in units})
     with state.trial():
         released: list[Unit] = []
+        fit = None
         for level in levels:  # the lowest level that suffices
-            for u in (u for u in units if u.gang.priority == level):
-                _release(state, u)
-                released.append(u)
-            fit = _fits(scheduler, gang)
+            fit, released = _try_level(scheduler, gang, [u for u in units if u.gang.priority <= level], saved)
             if fit.ok:
                 break
+        assert fit is not None
+        if fit.code == Code.UNRESOLVABLE:
+            return Preemption(Status.unresolvable(f"preemption cannot help: {fit.message()}"))
+        if not fit.ok:  # every unit of lower priority is gone now: no futile preemption
+            return Preemption(Status.unschedulable(
+                f"it would not fit even with every pod of priority below {prio} gone: {fit.message()}"))
         with state.trial() as attempt:
             victims = _reprieve(scheduler, gang, released, fit.placed, saved)
             final = _fits(scheduler, gang)
@@ -124,6 +123,37 @@ def find_victims(scheduler: Scheduler, gang: GangInfo, running: Sequence[Running
     return Preemption(Status(), victims, final.placed)
 
 
+def _try_level(scheduler: Scheduler, gang: GangInfo, candidates: list[Unit],
+               saved: dict[str, Assignment]) -> tuple[GangResult, list[Unit]]:
+    """Release candidates (in the caller's trial) until the gang fits: first only those on the nodes that free
+    the most GPUs (enough for twice what the gang asks, and at least MIN_CANDIDATE_NODES nodes, as
+    kube-scheduler's preemption looks at a subset of nodes), then, if that is not enough, all of them. Releasing
+    every candidate of a 20,000-pod cluster costs more than the search itself."""
+    state = scheduler.state
+    released = [u for u in candidates if all(k not in state.assignments for k in u.pods)]
+    fresh = [u for u in candidates if u not in released]
+    freeable = (state.gpu_free.clip(min=0) // 1000).sum(axis=1).astype(np.int64)
+    for u in fresh:
+        for k in u.pods:
+            a = saved[k]
+            freeable[a.node] += len(a.devices) * a.gpu_milli // 1000
+    need = sum(p.demand.gpu_count for p in gang.pods)
+    ranked = np.argsort(-freeable, kind="stable")
+    enough = int(np.searchsorted(np.cumsum(freeable[ranked]), 2 * need)) + 1
+    nodes = set(ranked[:max(enough, MIN_CANDIDATE_NODES)].tolist())
+    done = set(released)
+    for subset in ([u for u in fresh if any(saved[k].node in nodes for k in u.pods)], fresh):
+        for u in subset:
+            if u not in done:
+                _release(state, u)
+                released.append(u)
+                done.add(u)
+        fit = _fits(scheduler, gang)
+        if fit.ok or len(released) == len(candidates):
+            return fit, released
+    return fit, released
+
+
 def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed: list[Assignment],
               saved: dict[str, Assignment], shortcut: bool = True) -> list[Unit]:
     """Put back every released unit the gang can do without, the most valuable first. With `shortcut`, a unit
@@ -131,22 +161,54 @@ def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed
     state = scheduler.state
     used = {a.node for a in placed}
     kept: list[Unit] = []
-    for u in sorted(released, key=_keep_first):
-        _restore(state, u, saved)
-        if shortcut and not any(saved[k].node in used for k in u.pods):
+    # In that order, each unit goes back if the gang still fits with it. A unit on none of the nodes the gang's
+    # latest placement uses goes back unchecked (with `shortcut`); the others are checked in batches that double
+    # while they go back whole and halve when they do not (the same answer as one at a time as long as giving
+    # capacity back never helps the gang fit), so a few victims among many candidates cost few checks.
+    order = sorted(released, key=_keep_first)
+    i, batch = 0, 1
+    while i < len(order):
+        if shortcut and not any(saved[k].node in used for k in order[i].pods):
+            _restore(state, order[i], saved)
+            i += 1
             continue
+        group = order[i:i + batch]
+        for u in group:
+            _restore(state, u, saved)
         fit = _fits(scheduler, gang)
         if fit.ok:
             used = {a.node for a in fit.placed}
-            continue  # reprieved
-        _release(state, u)
-        kept.append(u)
+            i += len(group)
+            batch *= 2
+            continue
+        for u in group:
+            _release(state, u)
+        if len(group) == 1:
+            kept.append(group[0])
+            i += 1
+        batch = max(1, len(group) // 2)
     # An elastic gang whose core (minMember pods) goes loses its other members too: never leave it partial.
     gone = {u.gang.key for u in kept if not u.extra}
     for u in released:
         if u.gang.key in gone and u not in kept:
             _release(state, u)  # it was reprieved: it is back in the state
             kept.append(u)
+    # Greedy placement is not quite monotone (a unit given back later, or one added above, can change what the
+    # gang needs): pass over the few victims until none of them is unneeded. Extras of a gang whose core goes
+    # stay with it.
+    changed = True
+    while changed:
+        changed = False
+        cores = {u.gang.key for u in kept if not u.extra}
+        for u in sorted(kept, key=_keep_first):
+            if u.extra and u.gang.key in cores:
+                continue
+            _restore(state, u, saved)
+            if _fits(scheduler, gang).ok:
+                kept.remove(u)
+                changed = True
+                break
+            _release(state, u)
     return kept
 
 
