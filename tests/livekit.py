@@ -169,3 +169,19 @@ class Live:
 
     def held(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         return {k: (a.node_name, a.devices) for k, a in self.state.assignments.items()}
+
+
+def rebuilt(nodes: Iterable[dict], podgroups: Iterable[dict], pods: Iterable[dict],
+            classes: Iterable[dict] | None = None, scheduler_name: str = "gangsched") -> Cache:
+    """The books a scheduler starting now would build from these API objects: a fresh cache fed one SYNC
+    of each kind (nodes, PodGroups, priority classes if given, pods), its nodes then refreshed."""
+    from gangsched.live.informer import SYNC
+
+    cache = Cache(ClusterState([]), scheduler_name)
+    cache.apply("nodes", SYNC, list(nodes))
+    cache.apply("podgroups", SYNC, list(podgroups))
+    if classes is not None:
+        cache.apply("priorityclasses", SYNC, list(classes))
+    cache.apply("pods", SYNC, list(pods))
+    cache.refresh_nodes()
+    return cache

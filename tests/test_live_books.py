@@ -405,3 +405,36 @@ def test_after_a_restart_mid_gang_the_gang_completes_before_a_newcomer() -> None
     live.relist("pods")  # listed before the nodes are in the state
     bound = live.place()
     assert sorted(bound) == [f"default/big-{i}" for i in range(4, 10)]
+
+
+# ---- found by the state machine (tests/test_live_state_machine.py) ---------------------------------------------------
+def test_a_bound_pod_counted_on_fewer_gpus_than_it_asks_is_counted_again_when_its_node_grows() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=0))
+    live.cycle()
+    live.put("pods", pod("foreign", gpus=1, scheduler="other", node_name="n0", phase="Running"))
+    assert live.held()["default/foreign"] == ("n0", ())  # the node has no GPU (yet): counted on none
+    live.put("nodes", node("n0", gpus=1))  # its device plugin registers
+    live.put("pods", pod("ours", gpus=1))
+    live.cycle()
+    assert live.held()["default/foreign"] == ("n0", (0,)) and live.binds.queued == []
+
+
+@pytest.mark.parametrize("how", ["device plugin restart", "node re-registered"])
+def test_a_pod_being_bound_keeps_its_gpu_when_its_node_comes_back(how: str) -> None:
+    live = Live()
+    n0 = live.put("nodes", node("n0", gpus=1))
+    live.put("pods", pod("a"))
+    live.cycle()
+    [req] = live.binds.take()  # a's binding is in flight (the API server takes it whatever the node)
+    if how == "device plugin restart":
+        live.put("nodes", node("n0", gpus=0))
+    else:
+        live.remove("nodes", n0)
+    live.cycle()
+    live.put("nodes", node("n0", gpus=1))  # the node and its GPU are back
+    live.put("pods", pod("b"))
+    live.cycle()
+    assert live.held() == {"default/a": ("n0", (0,))} and live.binds.queued == []  # b does not get GPU 0 too
+    live.answer([req])
+    assert live.held() == {"default/a": ("n0", (0,))} and live.state.gpu_free.tolist() == [[0]]

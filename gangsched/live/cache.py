@@ -371,7 +371,7 @@ class Cache:
             inexact.append(f"node {state.names[node]} is over-committed")
         if inexact:
             self.stats["inexact"] += 1
-            log.warning("bound pod %s on %s accounted conservatively: %s", key, info.node, "; ".join(inexact))
+            log.warning("bound pod %s on %s accounted conservatively: %s", key, state.names[node], "; ".join(inexact))
 
     def _claim_named(self, key: str, demand: Demand, node: int, named: tuple[int, ...]) -> tuple[int, ...]:
         """The pod's annotated GPUs, displacing guesses that took them; () if they cannot be its own."""
@@ -439,13 +439,27 @@ class Cache:
         self.node_epoch += 1
         for a in lost:
             self.guessed.discard(a.pod_key)
-            if a.pod_key in self.assumed:  # its node went away while binding: the bind fails and is forgotten
+            if a.pod_key in self.assumed:  # its node (or GPUs) changed while binding: held again below
                 continue
             log.warning("pod %s lost its node %s (or the GPUs it held there)", a.pod_key, a.node_name)
         keys = self.unplaced | {a.pod_key for a in lost if a.pod_key not in self.assumed}
+        # bound pods counted on fewer GPUs than they ask (their node had too few): the node may have them now,
+        # and set_nodes kept the short count
+        keys |= {k for k, a in self.state.assignments.items()
+                 if k not in self.assumed and k in self.pods and a.demand.gpu_count < self.pods[k].held.gpu_count}
         infos = [self.pods[k] for k in sorted(keys) if k in self.pods and self.pods[k].active]
         for info in sorted(infos, key=lambda p: gpu_devices(p.obj) is None):  # named GPUs before guesses
             self._account(info)
+            self._join_gang(info, changed=False)
+        # Ours being bound keep holding their node, as the bound pods do: the API server takes a binding whatever
+        # the node has (or whether it exists), so dropping them lets the next gang take the same GPUs.
+        was = {a.pod_key: a.devices for a in lost}
+        for key, name in sorted(self.assumed.items()):
+            a, info, node = self.state.assignments.get(key), self.pods.get(key), self.state.index.get(name)
+            if info is None or node is None or (a is not None and a.demand.gpu_count >= info.held.gpu_count):
+                continue  # its node is gone (held again if it returns), or it holds all it asks
+            self._release(key)
+            self._hold(info, node, was.get(key))
             self._join_gang(info, changed=False)
         self.dirty.update(k for k, g in self.gangs.items() if g.pending)
 
