@@ -40,8 +40,8 @@ OUT = ROOT / "benchmarks" / "results" / "preemption_decision.json"
 
 def build(nodes: int, pods: int, profile: str, seed: int) -> tuple[Scheduler, list[Running]]:
     rng = np.random.default_rng(seed)
-    cluster = [Node(f"n{i:05d}", {"cpu": 64_000, "memory": 512 * GIB}, gpus=tuple(GpuDevice(d, "A100") for d in range(8)))
-               for i in range(nodes)]
+    gpus = tuple(GpuDevice(d, "A100") for d in range(8))
+    cluster = [Node(f"n{i:05d}", {"cpu": 64_000, "memory": 512 * GIB}, gpus=gpus) for i in range(nodes)]
     sched = Scheduler(ClusterState(cluster), load_profile(profile), seed=seed)
     running: list[Running] = []
     placed, g = 0, 0
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 sched.state.release(k)
             assert sched.schedule_gang(gang).ok
     ms = sorted(t * 1000 for t in times)
-    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     row = {"nodes": args.nodes, "running_pods": sum(len(r.pods) for r in running), "running_gangs": len(running),
            "free_gpus": free, "gang": args.gang, "profile": args.profile, "rounds": args.rounds,
            "p50_ms": statistics.median(ms), "p99_ms": p99, "max_ms": ms[-1], "all_ms": ms,
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                   row["p99_ms"], row["victim_gangs"], row["victim_pods"]]],
                 title=f"Gang-aware preemption decision time ({args.rounds} rounds, target < 200 ms)"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"meta": {"cpus": cpus(), "load_average": load_average()}, "runs": [row]}, indent=1) + "\n")
+    meta = {"cpus": cpus(), "load_average": load_average()}
+    args.out.write_text(json.dumps({"meta": meta, "runs": [row]}, indent=1) + "\n")
     args.out.with_suffix(".txt").write_text(json.dumps(row) + "\n")
     return 0
 

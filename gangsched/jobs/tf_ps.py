@@ -64,11 +64,13 @@ def serve(cfg: dict[str, Any], role: str, index: int) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    # See the chief up before serving: it cannot train without us, so it cannot have come and gone meanwhile.
+    # (Serving first, a fast chief could finish before our first look, and we would wait for it for ever.)
+    while not _port_open(chief):
+        time.sleep(POLL_SECONDS)
     tf.distribute.Server(
         resolver.cluster_spec(), job_name=role, task_index=index, protocol=resolver.rpc_layer or "grpc", start=True
     )
-    while not _port_open(chief):
-        time.sleep(POLL_SECONDS)
     disarm_watchdog()
     seen_s = time.monotonic() - t0
     arm_watchdog(run_deadline(), f"{role} {index}: chief up after {seen_s:.1f}s, serving")
