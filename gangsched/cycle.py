@@ -32,13 +32,25 @@ def _always(_: GangInfo) -> Status | None:
     return None
 
 
+def _never(_: GangInfo) -> bool:
+    return False
+
+
 def run_pass(scheduler: Scheduler, queue: GangQueue, now: float, *, ready: Ready = _always,
-             on_result: OnResult | None = None) -> list[GangResult]:
-    """Try the queue's gangs in order; placed gangs leave the queue. Returns every attempt's result."""
+             on_result: OnResult | None = None, holds: Callable[[GangInfo], bool] = _never) -> list[GangResult]:
+    """Try the queue's gangs in order; placed gangs leave the queue. Returns every attempt's result.
+
+    `holds(gang)`: the gang has capacity set aside for it (victims of its preemption are terminating): while it
+    waits, no gang of lower priority is placed, so what the victims free goes to it."""
     results = []
+    floor: int | None = None  # gangs below this priority wait for a preemptor that holds capacity
     for gang in queue.pop_order(now):
+        if floor is not None and gang.priority < floor:
+            continue
         waiting = ready(gang)
         if waiting is not None:
+            if holds(gang):
+                floor = gang.priority if floor is None else max(floor, gang.priority)
             if waiting.code != Code.UNRESOLVABLE and queue.blocks(gang, now):
                 break  # it still holds the line while it backs off
             continue
@@ -53,6 +65,8 @@ def run_pass(scheduler: Scheduler, queue: GangQueue, now: float, *, ready: Ready
             queue.remove(gang.key)
         if on_result is not None:
             on_result(gang, result, starving)
+        if not result.ok and holds(gang):
+            floor = gang.priority if floor is None else max(floor, gang.priority)
         if result.code in (Code.UNSCHEDULABLE, Code.ERROR) and queue.blocks(gang, now):
             break
     return results

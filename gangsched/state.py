@@ -261,8 +261,8 @@ class ClusterState:
             op, a = self._log.pop()
             if op == "assign":
                 self._unapply(a)
-            else:
-                self._apply(a.pod_key, a.demand, a.node, a.devices)
+            else:  # put back what was there, over-committed or not
+                self._apply(a.pod_key, a.demand, a.node, a.devices, force=True)
 
     # ---- change tracking -----------------------------------------------------------------------------------
     def _touch(self, node: int) -> None:

@@ -11,6 +11,7 @@ from gangsched.live.binder import BIND, BindOutcome, BindRequest, binding_body
 from gangsched.live.cache import Cache
 from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import ApiError
+from gangsched.live.preemption import Preemptor
 from gangsched.live.scheduler import LiveScheduler
 from gangsched.live.translate import POD_GROUP_LABEL
 from gangsched.profile import Profile, load_profile, parse_profile
@@ -87,6 +88,26 @@ class Binds:
         return out
 
 
+class Evictions:
+    """Preemption's API side: victims evicted (the test decides when they go) and nominations."""
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+        self.evicted: list[str] = []
+        self.nominated: dict[str, str] = {}
+
+    def evict(self, pod: dict, message: str) -> bool:
+        key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        self.evicted.append(key)
+        current = self.live.objects.get(("pods", key))
+        if current is not None:  # terminating: it still holds its node until it goes
+            self.live.put("pods", {**current, "metadata": {**current["metadata"], "deletionTimestamp": stamp(T0)}})
+        return True
+
+    def nominate(self, pod: dict, node: str) -> None:
+        self.nominated[pod["metadata"]["name"]] = node
+
+
 class Statuses:
     def __init__(self) -> None:
         self.written: dict[str, dict] = {}
@@ -98,7 +119,8 @@ class Statuses:
 class Live:
     """One scheduler and the API objects it was shown."""
 
-    def __init__(self, profile: str | Profile | dict = "default", gang_timeout: float = 60.0):
+    def __init__(self, profile: str | Profile | dict = "default", gang_timeout: float = 60.0,
+                 preemption: bool = False, hold_seconds: float = 120.0):
         if isinstance(profile, dict):
             profile = parse_profile(profile)
         elif isinstance(profile, str):
@@ -110,8 +132,19 @@ class Live:
         self.deleted: list[str] = []
         self.objects: dict[tuple[str, str], dict] = {}  # (kind, key) -> what the API server holds
         self.giveback = GiveBack(self.cache, self._delete, self.events, gang_timeout)
-        self.sched = LiveScheduler(self.cache, Scheduler(self.state, profile), profile, self.binds, self.events,
-                                   self.statuses, self.giveback, clock=lambda: self.now)
+        core = Scheduler(self.state, profile)
+        self.evictions = Evictions(self)
+        preemptor = Preemptor(self.cache, core, self.evictions, self.events, lambda: self.now,
+                              hold_seconds) if preemption else None
+        self.sched = LiveScheduler(self.cache, core, profile, self.binds, self.events, self.statuses, self.giveback,
+                                   clock=lambda: self.now, preemptor=preemptor)
+
+    def terminate(self, keys: Iterable[str]) -> None:
+        """Evicted pods finish terminating: the API server removes them."""
+        for key in keys:
+            obj = self.objects.get(("pods", key))
+            if obj is not None:
+                self.remove("pods", obj)
 
     # ---- the API server's side ---------------------------------------------------------------------------------
     def put(self, kind: str, obj: dict, typ: str = "ADDED") -> dict:

@@ -32,6 +32,7 @@ from gangsched.live.translate import (
     podgroup_from,
 )
 from gangsched.model import Demand, ModelError, Node, Pod, PodGroup
+from gangsched.preempt import Running
 from gangsched.state import Assignment, CapacityError, ClusterState
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class PodInfo:
     creation: float
     gated: bool  # spec.schedulingGates not empty: not schedulable yet (kube-scheduler's PreEnqueue)
     deleting: bool
+    nominated: str | None = None  # status.nominatedNodeName: capacity is being freed for it there
+    started: float = 0.0  # status.startTime
+    never_preempts: bool = False  # spec.preemptionPolicy: Never (from its PriorityClass)
 
     @property
     def active(self) -> bool:
@@ -257,7 +261,9 @@ class Cache:
                        held_notes=notes, priority=prio if isinstance(prio, int) else None,
                        class_name=spec.get("priorityClassName") or "",
                        creation=old.creation if old is not None else parse_time(meta.get("creationTimestamp")),
-                       gated=bool(spec.get("schedulingGates")), deleting=bool(meta.get("deletionTimestamp")))
+                       gated=bool(spec.get("schedulingGates")), deleting=bool(meta.get("deletionTimestamp")),
+                       nominated=status.get("nominatedNodeName") or None, started=parse_time(status.get("startTime")),
+                       never_preempts=spec.get("preemptionPolicy") == "Never")
         self._count_shape(old, -1)
         self._count_shape(info, +1)
         self.pods[key] = info
@@ -517,6 +523,26 @@ class Cache:
         if gang is None:
             return []
         return sorted(k for k in gang.held if k not in self.assumed and k in self.pods and self.pods[k].active)
+
+    def running_below(self, priority: int) -> list[Running]:
+        """What preemption may evict for a gang of this priority: the pods holding nodes (not leaving already,
+        not being bound by us) of lower priority, grouped by the PodGroup they name, else each alone."""
+        groups: dict[str, list[PodInfo]] = {}
+        for key in self.state.assignments:
+            info = self.pods.get(key)
+            if info is None or not info.active or info.deleting or key in self.assumed:
+                continue
+            groups.setdefault(info.group or f"pod:{key}", []).append(info)
+        out = []
+        for ref, members in groups.items():
+            prio = max(self.priority(p) for p in members)
+            if prio >= priority:
+                continue
+            group = self.groups.get(ref)
+            elastic = group.min_member if isinstance(group, PodGroup) and len(members) > group.min_member else None
+            members.sort(key=lambda p: (p.started, p.key))  # the most recently started go first
+            out.append(Running(ref, tuple(p.key for p in members), prio, min(p.started for p in members), elastic))
+        return out
 
     def succeeded(self, group_key: str) -> int:
         return sum(1 for k in self.group_members.get(group_key, ()) if k in self.pods

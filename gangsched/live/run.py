@@ -25,6 +25,7 @@ from gangsched.live.kube import NOT_LEADER, ApiError, KubeClient
 from gangsched.live.leader import LeaderElector
 from gangsched.live.podgroups import StatusWriter
 from gangsched.live.ports import Recorder
+from gangsched.live.preemption import ApiEvictor, Preemptor
 from gangsched.live.scheduler import LiveScheduler
 from gangsched.profile import Profile, load_profile
 from gangsched.state import ClusterState
@@ -47,21 +48,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-name", default="gangsched")
     p.add_argument("--health-port", type=int, default=0, help="serve /healthz and /metrics here (0: off)")
     p.add_argument("--no-events", action="store_true", help="do not post Events (benchmarks)")
+    p.add_argument("--no-preemption", action="store_true",
+                   help="never evict lower-priority gangs to make room (priority then only orders the queue)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(run=run)
 
 
 def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "gangsched", bind_workers: int = 16,
-          gang_timeout: float = 60.0, events: bool = True, watch_timeout: int = 300) -> LiveScheduler:
+          gang_timeout: float = 60.0, events: bool = True, watch_timeout: int = 300,
+          preemption: bool = True) -> LiveScheduler:
     """The production wiring: every collaborator talks to the API server through `client`."""
     state = ClusterState([])
     cache = Cache(state, scheduler_name)
     recorder: Recorder = EventRecorder(client).start() if events else NoEvents()
     sched_events: queue.Queue = queue.Queue()
+    core = Scheduler(state, profile)
+    preemptor = Preemptor(cache, core, ApiEvictor(client), recorder, time.time) if preemption else None
     sched = LiveScheduler(
-        cache, Scheduler(state, profile), profile, Binder(client, sched_events, bind_workers),
+        cache, core, profile, Binder(client, sched_events, bind_workers),
         recorder, StatusWriter(client).start(), GiveBack(cache, partial(delete_pod, client), recorder, gang_timeout),
-        events=sched_events, informers=lambda out, stop: inf.start_informers(client, out, stop,
+        events=sched_events, preemptor=preemptor, informers=lambda out, stop: inf.start_informers(client, out, stop,
                                                                              watch_timeout=watch_timeout))
     return sched
 
@@ -92,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     client = KubeClient.load(args.kubeconfig, qps=args.qps, burst=args.burst, pool_size=args.bind_workers + 8)
     sched = build(client, profile, scheduler_name=args.scheduler_name, bind_workers=args.bind_workers,
-                  gang_timeout=args.gang_timeout, events=not args.no_events)
+                  gang_timeout=args.gang_timeout, events=not args.no_events, preemption=not args.no_preemption)
     exit_code = 0
 
     def on_signal(signum: int, _frame: object) -> None:

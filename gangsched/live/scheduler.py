@@ -29,6 +29,7 @@ from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import NOT_LEADER
 from gangsched.live.podgroups import PODGROUP_API, group_status
 from gangsched.live.ports import BindSink, Recorder, StatusSink
+from gangsched.live.preemption import Preemptor
 from gangsched.profile import Profile
 from gangsched.result import Code, Status
 
@@ -53,11 +54,11 @@ class Track:
 class LiveScheduler:
     def __init__(self, cache: Cache, core: Scheduler, profile: Profile, binder: BindSink, recorder: Recorder,
                  status: StatusSink, giveback: GiveBack, *, clock: Callable[[], float] = time.time,
-                 max_backoff: float = 10.0, events: queue.Queue | None = None,
+                 max_backoff: float = 10.0, events: queue.Queue | None = None, preemptor: Preemptor | None = None,
                  informers: Callable[[queue.Queue, threading.Event], list] | None = None):
         self.cache, self.core, self.profile = cache, core, profile
         self.binder, self.recorder, self.status, self.giveback = binder, recorder, status, giveback
-        self.clock, self.max_backoff = clock, max_backoff
+        self.clock, self.max_backoff, self.preemptor = clock, max_backoff, preemptor
         self.events: queue.Queue = events if events is not None else queue.Queue()  # the binder's outcomes too
         self.stop = threading.Event()
         self._start_informers = informers
@@ -120,7 +121,8 @@ class LiveScheduler:
         for gkey in self.cache.take_dirty():
             self._requeue(gkey)
         self._tell_gathering(now)
-        run_pass(self.core, self.queue, now, ready=self._ready, on_result=self._on_result)
+        run_pass(self.core, self.queue, now, ready=self._ready, on_result=self._on_result,
+                 holds=self.preemptor.holds if self.preemptor else lambda _: False)
         self._flush_status()
 
     def shutdown(self) -> None:
@@ -142,6 +144,8 @@ class LiveScheduler:
             if view is None:
                 self.tracks.pop(gkey, None)
                 self.gathering.pop(gkey, None)
+                if self.preemptor:
+                    self.preemptor.forget(gkey)
             elif view.info is not None and not any(p.error or p.gated for p in view.waiting):
                 # still gathering its pods: normal for a moment, worth an Event only if it lasts
                 self.gathering.setdefault(gkey, self.clock())
@@ -175,6 +179,7 @@ class LiveScheduler:
         gkey: GangKey = gang.key  # type: ignore[assignment]
         track = self.tracks.setdefault(gkey, Track())
         self.stats[f"attempts_{result.code.name.lower()}"] += 1
+        said = self.preemptor.settle(gang, result) if self.preemptor else None
         if result.ok:
             self.stats["gangs_scheduled"] += 1
             for a in result.placed:
@@ -190,7 +195,7 @@ class LiveScheduler:
         view = self.cache.view(gkey)
         if view is None:
             return
-        message = result.message()
+        message = said.message if said is not None else result.message()
         if starving and result.code == Code.UNRESOLVABLE:
             message += "; it would not fit even on an empty cluster, so it does not hold back the gangs behind it"
         self._tell(view, track, message)
