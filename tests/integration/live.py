@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gangsched.devcluster.nodes import gpu_node_manifest
+from gangsched.devcluster.nodes import KWOK_ANNOTATION, gpu_node_manifest
 from gangsched.live.kube import ApiError, KubeClient
 from gangsched.live.translate import GPU_DEVICES_ANNOTATION, POD_GROUP_LABEL
 
@@ -64,12 +64,17 @@ class Cluster:
         self.ns = namespace
         self.nodes: list[str] = []
 
-    def add_nodes(self, count: int, gpus: int, extra: dict[str, str] | None = None) -> list[str]:
-        """Fake GPU nodes only this namespace's pods select; `extra`: more allocatable (ephemeral-storage...)."""
+    def add_nodes(self, count: int, gpus: int, extra: dict[str, str] | None = None, kwok: bool = True) -> list[str]:
+        """Fake GPU nodes only this namespace's pods select; `extra`: more allocatable (ephemeral-storage...).
+        `kwok=False`: nodes nobody runs (Ready from creation, and nothing marks them otherwise): their pods stay
+        Pending once bound, and a deleted one stays terminating for its grace period, until `force_delete`."""
         names = []
         for i in range(len(self.nodes), len(self.nodes) + count):
             node = gpu_node_manifest(f"{self.ns}-n{i}", gpus=gpus, gpu_model="A100", cpu="32", memory="256Gi")
             node["metadata"]["labels"]["gangsched.test/ns"] = self.ns
+            if not kwok:
+                node["metadata"]["annotations"].pop(KWOK_ANNOTATION)
+                node["status"]["conditions"] = [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]
             for key in ("capacity", "allocatable"):
                 node["status"][key].update(extra or {})
             self.c.request("POST", "/api/v1/nodes", node)
@@ -91,7 +96,8 @@ class Cluster:
         return self.c.request("POST", PG_PATH.format(ns=self.ns), body)
 
     def pod(self, name: str, gpus: int = 1, group: str | None = None, volcano: bool = False,
-            scheduler: str = "gangsched", cpu: str = "1", gates: list[str] | None = None) -> dict:
+            scheduler: str = "gangsched", cpu: str = "1", gates: list[str] | None = None,
+            priority_class: str | None = None, grace: int = 0) -> dict:
         meta: dict[str, Any] = {"name": name, "namespace": self.ns, "labels": {}, "annotations": {}}
         if group and volcano:
             meta["annotations"]["scheduling.k8s.io/group-name"] = group
@@ -101,12 +107,23 @@ class Cluster:
         limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {
             "schedulerName": scheduler, "nodeSelector": {"gangsched.test/ns": self.ns},
-            "terminationGracePeriodSeconds": 0,
+            "terminationGracePeriodSeconds": grace,
             "containers": [{"name": "main", "image": "busybox", "resources": {"requests": {**res, **limits},
                                                                               "limits": limits}}]}}
         if gates:
             body["spec"]["schedulingGates"] = [{"name": g} for g in gates]
+        if priority_class:
+            body["spec"]["priorityClassName"] = priority_class
         return self.c.request("POST", f"/api/v1/namespaces/{self.ns}/pods", body)
+
+    def force_delete(self, name: str) -> None:
+        """What a kubelet does once a terminating pod's containers stopped: the pod goes."""
+        try:
+            self.c.request("DELETE", f"/api/v1/namespaces/{self.ns}/pods/{name}",
+                           {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})
+        except ApiError as e:
+            if e.status != 404:
+                raise
 
     def pods(self, prefix: str = "") -> list[dict]:
         items = self.c.request("GET", f"/api/v1/namespaces/{self.ns}/pods")["items"]
