@@ -72,10 +72,11 @@ def test_a_gang_too_large_evicts_nothing(cluster: Cluster, start_scheduler, prio
     cluster.podgroup("huge", 9)
     for i in range(9):
         cluster.pod(f"huge-{i}", gpus=1, group="huge", priority_class=priorities["high"])
-    ev = wait_for(lambda: cluster.events("huge-0", "FailedScheduling"), what="FailedScheduling")
+    # (while its 9 pods are being created the gang may first be told it lacks pods: wait for the GPU verdict)
+    wait_for(lambda: [e for e in cluster.events("huge-0", "FailedScheduling") if "nvidia.com/gpu" in e["message"]],
+             what="FailedScheduling naming the GPUs")
     time.sleep(2)
     assert not terminating(cluster, "low-") and len(cluster.bound("low-")) == 4
-    assert "nvidia.com/gpu" in ev[-1]["message"], ev[-1]["message"]
 
 
 def test_what_victims_free_goes_to_the_preemptor(cluster: Cluster, start_scheduler, priorities):
