@@ -44,8 +44,8 @@ def test_foreign_pods_the_model_cannot_express_still_hold_their_gpus(cluster: Cl
     cluster.podgroup("job", 2)
     cluster.pod("job-0", gpus=1, group="job", cpu="4")
     cluster.pod("job-1", gpus=1, group="job", cpu="4")
-    ev = wait_for(lambda: cluster.events("job-0", "FailedScheduling"), what="FailedScheduling")
-    assert "Insufficient nvidia.com/gpu" in ev[-1]["message"], ev[-1]["message"]
+    wait_for(lambda: [e for e in cluster.events("job-0", "FailedScheduling")
+                      if "Insufficient nvidia.com/gpu" in e["message"]], what="FailedScheduling for the GPUs")
     # cpu: the sidecar is added (21 of 32 used), so a 12-cpu pod no longer fits on n1
     cluster.pod("wide", gpus=1, cpu="12")
     ev = wait_for(lambda: cluster.events("wide", "FailedScheduling"), what="FailedScheduling for wide")
