@@ -145,6 +145,8 @@ def serve_health(sched: LiveScheduler, port: int) -> ThreadingHTTPServer:
         Gauge(f"gangsched_{name}_total", doc, registry=registry).set_function(lambda n=name: sched.stats[n])
     Gauge("gangsched_evicted_total", "pods deleted from incomplete gangs", registry=registry).set_function(
         lambda: sched.giveback.evicted)
+    Gauge("gangsched_preemption_victims_total", "pods evicted to make room for a higher-priority gang",
+          registry=registry).set_function(lambda: sched.preemptor.evicted if sched.preemptor else 0)
     Gauge("gangsched_inexact_accounting_total", "bound pods accounted conservatively (not exactly as asked)",
           registry=registry).set_function(lambda: sched.cache.stats["inexact"])
     Gauge("gangsched_pending_pods", "pods waiting to be scheduled", registry=registry).set_function(
