@@ -12,7 +12,7 @@ import csv
 import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +38,7 @@ class Job:
     duration: float
     gpus: int
     vc: str
+    priority: int = 0  # the trace has none: `with_priorities` draws them
 
 
 @dataclass
@@ -172,3 +173,18 @@ def select(table: JobTable, vcs: dict[str, int], start: date, end: date, load: f
     t0 = fits[0].submit if fits else 0.0
     jobs = [Job(j.id, t0 + (j.submit - t0) / load, j.duration, j.gpus, j.vc) for j in fits]
     return TraceSlice(jobs, outside, rejected)
+
+
+HIGH_PRIORITY = 1000
+
+
+def with_priorities(jobs: list[Job], high_fraction: float, seed: int, high: int = HIGH_PRIORITY) -> list[Job]:
+    """The same jobs, round(high_fraction x len(jobs)) of them (drawn without replacement by a seeded RNG)
+    given priority `high`, the rest 0. The draw depends only on the seed and the number of jobs."""
+    import numpy as np
+
+    if not 0.0 <= high_fraction <= 1.0:
+        raise ValueError(f"high_fraction={high_fraction} must be in 0..1")
+    chosen = set(np.random.default_rng(seed).choice(len(jobs), size=round(high_fraction * len(jobs)),
+                                                    replace=False).tolist())
+    return [replace(j, priority=high if k in chosen else 0) for k, j in enumerate(jobs)]

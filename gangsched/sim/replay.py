@@ -168,9 +168,10 @@ class TimeReplay:
         return True
 
     def _gang(self, i: int, job: Job) -> GangInfo:
-        pods = [Pod(f"job-{i}-{k}", d, namespace=job.vc, group=f"job-{i}")
+        pods = [Pod(f"job-{i}-{k}", d, namespace=job.vc, priority=job.priority, group=f"job-{i}")
                 for k, d in enumerate(pod_demands(job.vc, job.gpus))]
-        group = PodGroup(f"job-{i}", min_member=len(pods), namespace=job.vc, creation=job.submit)
+        group = PodGroup(f"job-{i}", min_member=len(pods), namespace=job.vc, priority=job.priority,
+                         creation=job.submit)
         return GangInfo(group, pods, enqueued=job.submit, duration=job.duration, key=i)
 
     # ---- scheduling passes ------------------------------------------------------------------------------

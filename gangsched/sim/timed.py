@@ -5,6 +5,8 @@ The default slice is the data README's: jobs submitted 2017-10-01 .. 2017-11-30 
 confined to its vc; `--load F` divides the gaps between submissions by F. Per policy it reports JCT,
 queueing delay, makespan and GPU utilisation as a terminal table, `time_<load>.json` / `.csv`, and
 `utilisation_<load>.png` (utilisation and pending jobs over time). The replay itself is `sim.replay`.
+`--preemption-study` instead draws priorities and compares preemption policies (`sim.preemption`; it ignores
+`--policies` and `--queue-scope`: it always queues per vc, by priority, with backfill).
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in 0..1")
+    return value
+
+
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -141,7 +153,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-seconds", type=_positive(float), default=3600.0,
                         help="step of the utilisation series (default 3600)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/time", help="output directory (default: %(default)s)")
+    parser.add_argument("--out", help="output directory (default: results/time, or results/preemption with "
+                        "--preemption-study)")
+    parser.add_argument("--preemption-study", action="store_true",
+                        help="instead of --policies: draw priorities, replay the jobs under no preemption, "
+                        "kube-scheduler's per-pod preemption and gangsched's gang preemption (sim.preemption)")
+    parser.add_argument("--high-fraction", type=_fraction, default=0.2,
+                        help="share of jobs made high priority in the study (default %(default)s)")
+    parser.add_argument("--priority-seed", type=int, default=0, help="seed of the priority draw (default 0)")
+    parser.add_argument("--partial-timeout", type=float, default=3600.0,
+                        help="per-pod policy: a partial job gives its pods back after this many seconds "
+                        "(default %(default)s; 0: never)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=main)
 
@@ -159,9 +181,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {msg}", file=sys.stderr)
         if len(table_.skipped) > 5:
             print(f"  ... and {len(table_.skipped) - 5} more", file=sys.stderr)
-    profiles = [load_profile(p.strip()) for p in args.policies.split(",") if p.strip()]
+    profiles = [] if args.preemption_study else [load_profile(p.strip()) for p in args.policies.split(",")
+                                                 if p.strip()]
     nodes = build_nodes(vcs)
-    out_dir = Path(args.out)
+    out_dir = Path(args.out or ("results/preemption" if args.preemption_study else "results/time"))
     for load in args.load:
         sl = select(table_, vcs, args.start, args.end, load, args.max_jobs)
         print(f"load x{load:g}: {len(sl.jobs)} jobs on {len(nodes)} nodes ({len(nodes) * GPUS_PER_NODE} GPUs), "
@@ -173,8 +196,39 @@ def main(args: argparse.Namespace) -> int:
         if not sl.jobs:
             print("no jobs to replay", file=sys.stderr)
             return 1
-        _run_load(load, sl, nodes, profiles, args, out_dir, len(table_.skipped))
+        if args.preemption_study:
+            _run_study(load, sl, nodes, args, out_dir)
+        else:
+            _run_load(load, sl, nodes, profiles, args, out_dir, len(table_.skipped))
     return 0
+
+
+def _run_study(load: float, sl: TraceSlice, nodes: list[Node], args: argparse.Namespace, out_dir: Path) -> None:
+    from gangsched.sim import preemption
+    from gangsched.sim.philly import with_priorities
+
+    jobs = with_priorities(sl.jobs, args.high_fraction, args.priority_seed)
+    high = sum(j.priority > 0 for j in jobs)
+    timeout = args.partial_timeout or None
+    results = preemption.run_study(nodes, jobs, partial_timeout=timeout, seed=args.seed)
+    tag = f"{load:g}"
+    title = (f"Philly {args.start} .. {args.end}, load x{tag}: {len(jobs)} jobs, {high} high priority "
+             f"(fraction {args.high_fraction:g}, seed {args.priority_seed}), queue per vc, priority order + backfill")
+    text = preemption.study_table(results, title)
+    print(text)
+    for policy, (out, _) in results.items():
+        for msg in out.errors[:5]:
+            print(f"{policy}: {msg}", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"preemption_{tag}.txt").write_text(text + "\n")
+    meta = {"load": load, "start": str(args.start), "end": str(args.end), "jobs": len(jobs), "high_jobs": high,
+            "high_fraction": args.high_fraction, "priority_seed": args.priority_seed,
+            "partial_timeout_s": timeout, "max_jobs": args.max_jobs, "nodes": len(nodes),
+            "gpus": len(nodes) * GPUS_PER_NODE, "queue": "per vc, priority then submission, greedy backfill",
+            "left_out": dict(sl.outside), "rejected_too_big": len(sl.rejected)}
+    write_json(out_dir / f"preemption_{tag}.json", {**meta, "policies": {p: r for p, (_, r) in results.items()}})
+    preemption.plot_wait_cdf(out_dir / f"preemption_wait_cdf_{tag}.png", results, title.split(":")[0])
+    print(f"wrote {out_dir}/preemption_{tag}.txt, .json, preemption_wait_cdf_{tag}.png")
 
 
 def _run_load(load: float, sl: TraceSlice, nodes: list[Node], profiles: list[Profile], args: argparse.Namespace,
