@@ -3,8 +3,9 @@
 One thread owns the cache and the core's ClusterState: informers, the binder and timers only put events on
 its queue. The pass (`gangsched.cycle.run_pass`) places whole gangs in state trials; the loop assumes each
 placed pod in the cache and posts its binding; a failed binding is retried while the reservation holds,
-then forgotten (the pod waits again). The give-back of incomplete gangs lives in `giveback`, PodGroup status
-in `podgroups`; every collaborator is passed in (see `build` for the production wiring).
+then forgotten (the pod waits again). The give-back of incomplete gangs lives in `giveback`, preemption in
+`preemption`, PodGroup status in `podgroups`; every collaborator is passed in (see `run.build` for the
+production wiring).
 """
 
 from __future__ import annotations
