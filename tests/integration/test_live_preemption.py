@@ -57,7 +57,8 @@ def test_a_low_gang_is_evicted_whole_for_a_high_gang(cluster: Cluster, start_sch
     assert all(disrupted(p) for p in cluster.pods("low-"))
     ev = wait_for(lambda: cluster.events("low-00", "Preempted"), what="Preempted event")
     assert "priority 10000" in ev[0]["message"], ev[0]["message"]
-    assert all(p["status"].get("nominatedNodeName") for p in cluster.pods("high-"))
+    wait_for(lambda: all(p["status"].get("nominatedNodeName") for p in cluster.pods("high-")),
+             what="the preemptor's pods nominated")  # (written after the evictions)
     assert not cluster.bound("high-")  # the victims still hold their GPUs while they terminate
     for p in cluster.pods("low-"):
         cluster.force_delete(p["metadata"]["name"])
