@@ -3,10 +3,11 @@
 Victims get kube-scheduler's `DisruptionTarget` condition (reason `PreemptionByScheduler`, which Job
 controllers and training operators read) and a `Preempted` Event naming the preemptor, then are deleted
 gracefully (their `terminationGracePeriodSeconds` respected). The preemptor's members get
-`status.nominatedNodeName`, as kube-scheduler writes it; while the victims terminate the gang *holds*: the pass
-places no gang of lower priority (see `cycle.run_pass`), so what the victims free goes to it. The hold ends when
-the gang is placed, is gone, or its victims have not gone within `hold_seconds`. A restarted scheduler finds the
-nominations on the pods and holds again; the victims it finds terminating are still accounted until they go.
+`status.nominatedNodeName`, as kube-scheduler writes it, before the evictions. While the victims terminate the
+gang *holds*: the pass places no gang of lower priority (see `cycle.run_pass`), so what the victims free goes
+to it. The hold ends when the gang is placed, is gone, or its victims have not gone within `hold_seconds`. A
+restarted scheduler finds the nominations on the pods and holds again; the victims it finds terminating are
+still accounted until they go.
 """
 
 from __future__ import annotations
@@ -77,16 +78,17 @@ class Preemptor:
             return Status(result.code, f"{result.message()}; preemption: {found.status.message}")
         needs = ", ".join(f"{n} x {d}" for d, n in _shapes(gang).items())
         why = f"preempted by {gkey} (priority {gang.priority}), which needs {needs}"
-        for key in found.victim_pods:
-            info = self.cache.pods.get(key)
-            if info is not None and self.evictor.evict(info.obj, why):
-                self.evicted += 1
-                self.recorder.record(info.obj, "Pod", "Preempted", why)
+        # Nominations first: a scheduler killed half-way then finds them and holds the capacity again.
         waiting = {p.obj["metadata"]["name"]: p for p in self._waiting(gkey)}
         for a in found.placement:
             info = waiting.get(a.pod_key.split("/", 1)[1])
             if info is not None:
                 self.evictor.nominate(info.obj, a.node_name)
+        for key in found.victim_pods:
+            info = self.cache.pods.get(key)
+            if info is not None and self.evictor.evict(info.obj, why):
+                self.evicted += 1
+                self.recorder.record(info.obj, "Pod", "Preempted", why)
         self.holding[gkey] = Hold(frozenset(found.victim_pods), self.clock() + self.hold_seconds)
         gangs = sorted({_label(str(u.gang.key)) for u in found.victims})
         return Status(Code.UNSCHEDULABLE, f"{result.message()}; preempting {len(found.victim_pods)} pod(s) of "
