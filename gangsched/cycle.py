@@ -32,16 +32,14 @@ def _always(_: GangInfo) -> Status | None:
     return None
 
 
-def _never(_: GangInfo) -> bool:
-    return False
-
-
 def run_pass(scheduler: Scheduler, queue: GangQueue, now: float, *, ready: Ready = _always,
-             on_result: OnResult | None = None, holds: Callable[[GangInfo], bool] = _never) -> list[GangResult]:
+             on_result: OnResult | None = None, holds: Callable[[GangInfo], bool] | None = None
+             ) -> list[GangResult]:
     """Try the queue's gangs in order; placed gangs leave the queue. Returns every attempt's result.
 
     `holds(gang)`: the gang has capacity set aside for it (victims of its preemption are terminating): while it
     waits, no gang of lower priority is placed, so what the victims free goes to it."""
+    holds = holds or (lambda _: False)
     results = []
     floor: int | None = None  # gangs below this priority wait for a preemptor that holds capacity
     for gang in queue.pop_order(now):

@@ -12,6 +12,19 @@ from gangsched.result import Code
 REFUSED = ApiError(422, "Invalid", "pod has scheduling gates")
 
 
+def half_bound(live: Live) -> dict:
+    """A gang of 2 on one node: a's binding succeeds, b's is refused. Returns its PodGroup."""
+    live.put("nodes", node("n0", gpus=4))
+    pg = live.put("podgroups", podgroup("g", 2))
+    live.put("pods", pod("a", group="g"))
+    live.put("pods", pod("b", group="g"))
+    live.cycle()
+    reqs = {r.name: r for r in live.binds.take()}
+    live.answer([reqs["a"]])
+    live.answer([reqs["b"]], error=REFUSED)
+    return pg
+
+
 def gpus_in_use(live: Live, node_name: str) -> list[int]:
     return sorted(d for a in live.state.assignments.values() if a.node_name == node_name for d in a.devices)
 
@@ -150,14 +163,7 @@ def test_a_gated_member_holds_its_gang_back_until_the_gate_goes() -> None:
 
 def test_a_member_whose_binding_keeps_being_refused_does_not_reset_the_gang_timer() -> None:
     live = Live(gang_timeout=30)
-    live.put("nodes", node("n0", gpus=4))
-    live.put("podgroups", podgroup("g", 2))
-    live.put("pods", pod("a", group="g"))
-    live.put("pods", pod("b", group="g"))
-    live.cycle()
-    reqs = {r.name: r for r in live.binds.take()}
-    live.answer([reqs["a"]])
-    live.answer([reqs["b"]], error=REFUSED)
+    half_bound(live)
     in_flight: list = []
     for _ in range(40):  # b is placed again after each backoff, and refused a cycle later
         live.cycle(advance=1.0)
@@ -174,14 +180,7 @@ def test_a_member_whose_binding_keeps_being_refused_does_not_reset_the_gang_time
 @pytest.mark.parametrize("how", ["deleted", "invalid"])
 def test_a_half_bound_gang_whose_podgroup_goes_is_given_back(how: str) -> None:
     live = Live(gang_timeout=20)
-    live.put("nodes", node("n0", gpus=4))
-    pg = live.put("podgroups", podgroup("g", 2))
-    live.put("pods", pod("a", group="g"))
-    live.put("pods", pod("b", group="g"))
-    live.cycle()
-    reqs = {r.name: r for r in live.binds.take()}
-    live.answer([reqs["a"]])
-    live.answer([reqs["b"]], error=REFUSED)
+    pg = half_bound(live)
     if how == "deleted":
         live.remove("podgroups", pg)
     else:

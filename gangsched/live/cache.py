@@ -33,7 +33,7 @@ from gangsched.live.translate import (
 )
 from gangsched.model import Demand, ModelError, Node, Pod, PodGroup
 from gangsched.preempt import Running
-from gangsched.state import Assignment, CapacityError, ClusterState
+from gangsched.state import Assignment, ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -581,5 +581,3 @@ def _key(obj: dict) -> str:
     meta = obj["metadata"]
     return f"{meta.get('namespace', 'default')}/{meta['name']}"
 
-
-__all__ = ["Cache", "CapacityError", "GangKey", "GangView", "PodInfo"]

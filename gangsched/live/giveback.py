@@ -37,9 +37,7 @@ class GiveBack:
         cache = self.cache
         for gkey in [k for k in self.since if k not in cache.gangs]:
             del self.since[gkey]
-        for gkey, gang in list(cache.gangs.items()):
-            if not gkey.group or not gang.held:
-                continue
+        for gkey, gang in [(k, g) for k, g in cache.gangs.items() if k.group and g.held]:  # (evicting edits it)
             bound = cache.bound_members(gkey)
             group = cache.groups.get(gkey.ref)
             if not bound or not self._incomplete(gkey, group, len(bound) + cache.succeeded(gkey.ref), gang.pending):

@@ -123,7 +123,7 @@ class LiveScheduler:
             self._requeue(gkey)
         self._tell_gathering(now)
         run_pass(self.core, self.queue, now, ready=self._ready, on_result=self._on_result,
-                 holds=self.preemptor.holds if self.preemptor else lambda _: False)
+                 holds=self.preemptor.holds if self.preemptor else None)
         self._flush_status()
 
     def shutdown(self) -> None:

@@ -134,12 +134,7 @@ class Cluster:
 
     def delete_pods(self, prefix: str = "") -> None:
         for p in self.pods(prefix):
-            try:
-                self.c.request("DELETE", f"/api/v1/namespaces/{self.ns}/pods/{p['metadata']['name']}",
-                               {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})
-            except ApiError as e:
-                if e.status != 404:
-                    raise
+            self.force_delete(p["metadata"]["name"])
         wait_for(lambda: not self.pods(prefix), 30, what=f"pods {prefix}* gone")
 
     def events(self, name: str, reason: str | None = None) -> list[dict]:

@@ -37,6 +37,12 @@ def low_gang(cluster: Cluster, pc: str, n: int) -> None:
     wait_for(lambda: len(cluster.bound("low-")) == n, 30, what="the low gang bound")
 
 
+def high_gang(cluster: Cluster, pc: str, n: int) -> None:
+    cluster.podgroup("high", n)
+    for i in range(n):
+        cluster.pod(f"high-{i}", gpus=1, group="high", priority_class=pc)
+
+
 def terminating(cluster: Cluster, prefix: str) -> list[dict]:
     return [p for p in cluster.pods(prefix) if p["metadata"].get("deletionTimestamp")]
 
@@ -50,9 +56,7 @@ def test_a_low_gang_is_evicted_whole_for_a_high_gang(cluster: Cluster, start_sch
     cluster.add_nodes(3, gpus=4, kwok=False)
     start_scheduler("--profile", "binpack")
     low_gang(cluster, priorities["low"], 12)
-    cluster.podgroup("high", 8)
-    for i in range(8):
-        cluster.pod(f"high-{i}", gpus=1, group="high", priority_class=priorities["high"])
+    high_gang(cluster, priorities["high"], 8)
     wait_for(lambda: len(terminating(cluster, "low-")) == 12, 30, what="all 12 low pods evicted")
     assert all(disrupted(p) for p in cluster.pods("low-"))
     ev = wait_for(lambda: cluster.events("low-00", "Preempted"), what="Preempted event")
@@ -84,9 +88,7 @@ def test_what_victims_free_goes_to_the_preemptor(cluster: Cluster, start_schedul
     cluster.add_nodes(1, gpus=4, kwok=False)
     start_scheduler("--profile", "binpack")
     low_gang(cluster, priorities["low"], 4)
-    cluster.podgroup("high", 4)
-    for i in range(4):
-        cluster.pod(f"high-{i}", gpus=1, group="high", priority_class=priorities["high"])
+    high_gang(cluster, priorities["high"], 4)
     wait_for(lambda: len(terminating(cluster, "low-")) == 4, 30, what="the low gang evicted")
     cluster.pod("latecomer", gpus=1, priority_class=priorities["low"])
     cluster.force_delete("low-00")  # one GPU frees; the preemptor needs all four
@@ -102,9 +104,7 @@ def test_killed_between_eviction_and_binding(cluster: Cluster, start_scheduler, 
     cluster.add_nodes(2, gpus=4, kwok=False)
     sched = start_scheduler("--profile", "binpack")
     low_gang(cluster, priorities["low"], 8)
-    cluster.podgroup("high", 6)
-    for i in range(6):
-        cluster.pod(f"high-{i}", gpus=1, group="high", priority_class=priorities["high"])
+    high_gang(cluster, priorities["high"], 6)
     wait_for(lambda: len(terminating(cluster, "low-")) == 8, 30, what="the low gang evicted")
     sched.kill()
     cluster.pod("latecomer", gpus=1, priority_class=priorities["low"])
