@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from gangsched.model import ModelError
 from gangsched.profile import ProfileError
@@ -12,13 +13,20 @@ from gangsched.profile import ProfileError
 EXTRAS = {"tqdm": "sim", "matplotlib": "sim", "cryptography": "devcluster"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the option (not the whole usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gangsched import demo
     from gangsched.devcluster import cli as devcluster
     from gangsched.live import run
     from gangsched.sim import packing, timed
 
-    parser = argparse.ArgumentParser(prog="gangsched", description="GPU-aware gang scheduler for Kubernetes")
+    parser = Parser(prog="gangsched", description="GPU-aware gang scheduler for Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="replay a cluster trace through the scheduling core")
     modes = sim.add_subparsers(dest="mode", required=True)

@@ -7,6 +7,7 @@ left out instead, and the caller reports how many were skipped. Nothing is dropp
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,12 @@ def _int(row: dict[str, str], col: str, where: str, lo: int = 0, hi: int | None 
     if raw is None or raw.strip() == "":
         raise TraceError(f"{where}: field {col!r} is empty")
     try:
-        value = int(float(raw))
+        number = float(raw)
     except ValueError:
         raise TraceError(f"{where}: field {col!r}={raw!r} is not a number") from None
+    if not math.isfinite(number) or number != int(number):  # 1.7 GPUs is a broken row, not 1 GPU
+        raise TraceError(f"{where}: field {col!r}={raw!r} is not a whole number")
+    value = int(number)
     if value < lo or (hi is not None and value > hi):
         bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise TraceError(f"{where}: field {col!r}={value} is out of range ({bound})")
@@ -72,6 +76,13 @@ def load_nodes(path: Path, gpu_only: bool = True, skip_bad_rows: bool = False) -
             if not skip_bad_rows:
                 raise TraceError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
             out.skipped.append(str(e))
+    return _nonempty(path, out, "GPU node" if gpu_only else "node")
+
+
+def _nonempty(path: Path, out: Loaded, what: str) -> Loaded:
+    if not out.items:
+        skipped = f" ({len(out.skipped)} malformed row(s) skipped)" if out.skipped else ""
+        raise TraceError(f"{path.name}: no {what} rows{skipped}")
     return out
 
 
@@ -101,4 +112,4 @@ def load_pods(path: Path, known_models: set[str] | None = None, skip_bad_rows: b
             if not skip_bad_rows:
                 raise TraceError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
             out.skipped.append(str(e))
-    return out
+    return _nonempty(path, out, "pod")

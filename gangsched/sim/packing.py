@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +27,8 @@ from gangsched.model import MILLI_PER_GPU, Node, Pod
 from gangsched.profile import load_profile
 from gangsched.sim import data_dir
 from gangsched.sim.alibaba import load_nodes, load_pods
+from gangsched.sim.cliargs import names, positive, seeds
+from gangsched.sim.progress import progress
 from gangsched.sim.report import table, write_csv, write_json
 from gangsched.state import ClusterState
 
@@ -123,29 +127,49 @@ def discretise(records: np.ndarray, n_gpus: int, failed: int = 0) -> Curves:
     return Curves(*curves, placed=len(records) - failed, failed=failed)
 
 
+@dataclass(frozen=True)
+class Trace:
+    nodes: list[Node]
+    pods: list[Pod]
+    workload: Workload
+    skipped: list[str]  # messages of the malformed rows left out (with skip_bad_rows)
+
+
+def pod_list(data: Path, variant: str) -> Path:
+    return data / "alibaba-gpu-v2023" / f"openb_pod_list_{variant}.csv"
+
+
 @cache
-def _trace(data: str, variant: str) -> tuple[list[Node], list[Pod], Workload]:
+def _trace(data: str, variant: str, skip_bad_rows: bool = False) -> Trace:
     root = Path(data) / "alibaba-gpu-v2023"
-    nodes = load_nodes(root / "openb_node_list_gpu_node.csv").items
-    models = {d.model for n in nodes for d in n.gpus}
-    pods = load_pods(root / f"openb_pod_list_{variant}.csv", known_models=models).items
-    return nodes, pods, Workload.from_demands(p.demand for p in pods)
+    nodes = load_nodes(root / "openb_node_list_gpu_node.csv", skip_bad_rows=skip_bad_rows)
+    models = {d.model for n in nodes.items for d in n.gpus}
+    pods = load_pods(pod_list(Path(data), variant), known_models=models, skip_bad_rows=skip_bad_rows)
+    return Trace(nodes.items, pods.items, Workload.from_demands(p.demand for p in pods.items),
+                 nodes.skipped + pods.skipped)
 
 
-def run_one(data: str, variant: str, policy: str, seed: int, tune: float) -> Curves:
-    nodes, pods, workload = _trace(data, variant)
-    n_gpus = sum(len(n.gpus) for n in nodes)
-    stream = tuned_stream(pods, seed, tune, n_gpus * MILLI_PER_GPU)
-    records, failed = replay(nodes, stream, workload, policy, seed)
+def run_one(data: str, variant: str, policy: str, seed: int, tune: float, skip_bad_rows: bool = False) -> Curves:
+    trace = _trace(data, variant, skip_bad_rows)
+    n_gpus = sum(len(n.gpus) for n in trace.nodes)
+    stream = tuned_stream(trace.pods, seed, tune, n_gpus * MILLI_PER_GPU)
+    records, failed = replay(trace.nodes, stream, trace.workload, policy, seed)
     return discretise(records, n_gpus, failed)
 
 
+def published_path(data: Path) -> Path:
+    return data / "fgd-published" / "analysis_allo_discrete.csv"
+
+
 def published(data: Path, variant: str) -> dict[str, np.ndarray]:
-    """Median over seeds of FGD's published unallocated GPU % per policy, per arrived-load step."""
+    """Median over seeds of FGD's published unallocated GPU % per policy, per arrived-load step (none if the
+    data folder does not carry FGD's results: a trace of one's own has no published figures)."""
     import csv
 
     out: dict[str, list[np.ndarray]] = {}
-    with (data / "fgd-published" / "analysis_allo_discrete.csv").open() as f:
+    if not published_path(data).is_file():
+        return {}
+    with published_path(data).open() as f:
         for row in csv.DictReader(f):
             if row["workload"] == f"openb_pod_list_{variant}":
                 curve = np.array([float(row[str(a)]) if row.get(str(a)) else np.nan for a in STEPS])
@@ -155,57 +179,81 @@ def published(data: Path, variant: str) -> dict[str, np.ndarray]:
 
 # ---- command line -------------------------------------------------------------------------------------------
 
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", default="default",
-                   help=f"trace variant(s), comma-separated, or 'all' ({', '.join(VARIANTS)})")
-    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
-                   help="profiles (shipped names or YAML paths), comma-separated")
-    p.add_argument("--seeds", default="42-51", help="e.g. 42-51 or 42,43")
-    p.add_argument("--tune", type=float, default=1.3, help="arrived GPU demand as a multiple of capacity")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs")
-    p.add_argument("--data", default=None, help="trace directory (default ../shared/data)")
+    p.description = ("FGD's packing experiment: the trace's pods arrive one by one until 130 % of the GPU capacity "
+                     "is asked (--tune), each placed by every policy; unallocated GPU % per arrived load, beside "
+                     "FGD's published figures. Traces come from <data>/alibaba-gpu-v2023/.")
+    p.add_argument("--workload", type=names, default=["default"],
+                   help=f"trace variant(s), comma-separated, or 'all' ({', '.join(VARIANTS)}); any "
+                        "<data>/alibaba-gpu-v2023/openb_pod_list_<name>.csv is workload <name>")
+    p.add_argument("--policies", type=names, default=DEFAULT_POLICIES,
+                   help="profiles (shipped names or YAML paths), comma-separated (default: "
+                        f"{','.join(DEFAULT_POLICIES)})")
+    p.add_argument("--seeds", type=seeds, default=seeds("42-51"),
+                   help="seeds >= 0, e.g. 42-51 or 42,43 (default 42-51)")
+    p.add_argument("--tune", type=positive(float), default=1.3,
+                   help="arrived GPU demand as a multiple of capacity, > 0 (default 1.3)")
+    p.add_argument("--jobs", type=positive(int), default=os.cpu_count() or 1,
+                   help="parallel runs, >= 1 (default: the CPU count)")
+    p.add_argument("--data", default=None,
+                   help="trace directory (default $GANGSCHED_DATA, else ../shared/data); it must exist")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out malformed trace rows (counted and reported) instead of stopping")
     p.add_argument("--out", default="results/packing", help="directory for JSON, CSV and PNG results")
     p.set_defaults(run=main)
 
 
-def _task(args: tuple[str, str, str, int, float]) -> tuple[str, str, int, Curves]:
-    data, variant, policy, seed, tune = args
-    return variant, policy, seed, run_one(data, variant, policy, seed, tune)
+def _task(args: tuple[str, str, str, int, float, bool]) -> tuple[str, str, int, Curves]:
+    data, variant, policy, seed, tune, skip = args
+    return variant, policy, seed, run_one(data, variant, policy, seed, tune, skip)
+
+
+def _check_inputs(args: argparse.Namespace, data: Path, variants: list[str]) -> None:
+    """Every workload, trace row and profile, before the first run: a typo must not wait for the runs before it."""
+    root = data / "alibaba-gpu-v2023"
+    for variant in variants:
+        if not pod_list(data, variant).is_file():
+            found = sorted(f.name[len("openb_pod_list_"):-4] for f in root.glob("openb_pod_list_*.csv"))
+            raise FileNotFoundError(f"--workload {variant}: no {pod_list(data, variant)} (any "
+                                    f"openb_pod_list_<name>.csv in {root} is a workload; found: "
+                                    f"{', '.join(found) or 'none'})")
+    for variant in variants:
+        skipped = _trace(str(data), variant, args.skip_bad_rows).skipped
+        if skipped:
+            print(f"workload {variant}: skipped {len(skipped)} malformed row(s): " + "; ".join(skipped[:3])
+                  + (f"; ... and {len(skipped) - 3} more" if len(skipped) > 3 else ""), file=sys.stderr)
+    for policy in args.policies:
+        load_profile(policy)
+    if not published_path(data).is_file():
+        print(f"no {published_path(data)}: the published columns stay empty", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the sim extra, for the plots at the end: fail now, not after the runs)
-    from tqdm import tqdm
 
     data = data_dir(args.data)
-    variants = VARIANTS if args.workload == "all" else args.workload.split(",")
-    policies = args.policies.split(",")
-    for policy in policies:  # fail fast on a bad profile, before any run starts
-        load_profile(policy)
-    seeds = _seeds(args.seeds)
-    tasks = [(str(data), v, p, s, args.tune) for v in variants for p in policies for s in seeds]
+    print(f"trace data: {data}", flush=True)
+    variants = VARIANTS if args.workload == ["all"] else args.workload
+    _check_inputs(args, data, variants)
+    policies, seed_list = args.policies, args.seeds
+    tasks = [(str(data), v, p, s, args.tune, args.skip_bad_rows) for v in variants for p in policies for s in seed_list]
     runs: dict[tuple[str, str], list[Curves]] = {}
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for variant, policy, _, curves in tqdm(pool.map(_task, tasks), total=len(tasks), desc="packing runs",
-                                                unit="run", disable=None):
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool, progress(len(tasks), "packing runs", "run") as bar:
+        for variant, policy, _, curves in pool.map(_task, tasks):
             runs.setdefault((variant, policy), []).append(curves)
+            bar.update(1)
     out = Path(args.out)
+    seeds_text = ",".join(map(str, seed_list)) if len(seed_list) < 4 else f"{seed_list[0]}..{seed_list[-1]}"
     summary = {}
     for variant in variants:
         paper = published(data, variant)
         rows, medians = [], {}
         for policy in policies:
             curves = runs[(variant, policy)]
-            med = np.nanmedian(np.vstack([c.unallocated for c in curves]), axis=0)
-            frag = np.nanmedian(np.vstack([c.frag_amount for c in curves]), axis=0)
+            with warnings.catch_warnings():  # a load step no seed reached stays NaN, by design
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(np.vstack([c.unallocated for c in curves]), axis=0)
+                frag = np.nanmedian(np.vstack([c.frag_amount for c in curves]), axis=0)
             medians[policy] = med
             ref = paper.get(PUBLISHED_POLICIES.get(policy, ""))
             fgd = paper.get("06-FGD")
@@ -215,18 +263,21 @@ def main(args: argparse.Namespace) -> int:
                          fgd[100] if fgd is not None else float("nan"),
                          int(np.median([c.failed for c in curves]))])
             summary.setdefault(variant, {})[policy] = {
-                "seeds": seeds, "median_unallocated_pct": med.tolist(), "median_frag_amount_pct": frag.tolist(),
+                "seeds": seed_list, "median_unallocated_pct": med.tolist(), "median_frag_amount_pct": frag.tolist(),
                 "per_seed_unallocated_pct": [c.unallocated.tolist() for c in curves],
                 "per_seed_failed_pods": [c.failed for c in curves],
                 "published_median_unallocated_pct": ref.tolist() if ref is not None else None}
         headers = ["policy", *(f"unalloc@{a}%" for a in REPORT_LOADS), "frag@100%", "published@100%",
                    "diff@100%", "published FGD@100%", "failed pods"]
-        print(table(headers, rows, title=f"\nworkload {variant}: median unallocated GPU % over seeds {args.seeds} "
+        print(table(headers, rows, title=f"\nworkload {variant}: median unallocated GPU % over seeds {seeds_text} "
                                          f"(ours), FGD's published median beside it"))
         write_csv(out / f"packing_{variant}.csv", ["arrived_load_pct", *policies],
                   [[a, *(medians[p][a] for p in policies)] for a in STEPS])
         _plot(out / f"packing_{variant}.png", variant, medians, paper)
-    write_json(out / "packing.json", {"tune": args.tune, "workloads": summary})
+    write_json(out / "packing.json", {"tune": args.tune, "data": str(data), "skip_bad_rows": args.skip_bad_rows,
+                                      "skipped_bad_rows": {v: len(_trace(str(data), v, args.skip_bad_rows).skipped)
+                                                           for v in variants},
+                                      "workloads": summary})
     print(f"\nresults in {out}/ (packing.json, packing_<workload>.csv, packing_<workload>.png)")
     return 0
 

@@ -110,6 +110,9 @@ def load_jobs(path: Path, skip_bad_rows: bool = False) -> JobTable:
             out.skipped.append(str(e))
             continue
         out.jobs.append(job)
+    if not out.jobs:
+        skipped = f" ({len(out.skipped)} malformed row(s) skipped)" if out.skipped else ""
+        raise TraceError(f"{path.name}: no job rows{skipped}")
     return out
 
 
@@ -121,6 +124,8 @@ def load_vcs(path: Path) -> dict[str, int]:
         if vc in vcs:
             raise TraceError(f"{where}: vc {vc!r} listed twice")
         vcs[vc] = _int(row, "node num", where, 1)
+    if not vcs:
+        raise TraceError(f"{path.name}: no vc rows")
     return vcs
 
 

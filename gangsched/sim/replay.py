@@ -102,12 +102,11 @@ class TimeReplay:
         self.out = Outcome(jobs, np.full(len(jobs), np.nan), np.full(len(jobs), np.nan), len(nodes) * GPUS_PER_NODE)
 
     def run(self) -> Outcome:
-        from tqdm import tqdm  # the sim extra: not needed by the live scheduler, which imports this package
+        from gangsched.sim.progress import progress  # tqdm: the sim extra, which the live scheduler lacks
 
         for i, job in enumerate(self.jobs):
             self._push(job.submit, ARRIVAL, i)
-        with tqdm(total=len(self.jobs), unit="job", desc=self.profile.name, disable=not self.progress,
-                  leave=False) as bar:
+        with progress(len(self.jobs), self.profile.name, "job", enabled=self.progress, leave=False) as bar:
             while self.events:
                 now = self.events[0][0]
                 self.clock.advance(now)

@@ -15,7 +15,6 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from gangsched.model import Node
-from gangsched.profile import Profile, load_profile
+from gangsched.profile import Profile, ProfileError, load_profile
 from gangsched.sim import data_dir
-from gangsched.sim.philly import GPUS_PER_NODE, TraceSlice, build_nodes, load_jobs, load_vcs, select
+from gangsched.sim.cliargs import fraction, positive
+from gangsched.sim.philly import GPUS_PER_NODE, TraceError, TraceSlice, build_nodes, load_jobs, load_vcs, select
 from gangsched.sim.replay import Outcome, TimeReplay
 from gangsched.sim.report import table, write_csv, write_json
 
@@ -105,29 +105,6 @@ def _loads(text: str) -> list[float]:
     return loads
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-        return value
-
-    return parse
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be in 0..1")
-    return value
-
-
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -145,12 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list of profile names or YAML paths (default: %(default)s)")
     parser.add_argument("--start", type=_date, default=date(2017, 10, 1), help="first submission day (2017-10-01)")
     parser.add_argument("--end", type=_date, default=date(2017, 11, 30), help="last submission day, inclusive")
-    parser.add_argument("--max-jobs", type=_positive(int), help="replay the first N jobs of the slice (quick runs)")
+    parser.add_argument("--max-jobs", type=positive(int), help="replay the first N jobs of the slice (quick runs)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="leave out malformed trace rows (counted and reported) instead of stopping")
     parser.add_argument("--queue-scope", choices=("vc", "cluster"), default="vc",
                         help="one queue per vc (default), or one for the whole cluster")
-    parser.add_argument("--sample-seconds", type=_positive(float), default=3600.0,
+    parser.add_argument("--sample-seconds", type=positive(float), default=3600.0,
                         help="step of the utilisation series (default 3600)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output directory (default: results/time, or results/preemption with "
@@ -158,13 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preemption-study", action="store_true",
                         help="instead of --policies: draw priorities, replay the jobs under no preemption, "
                         "kube-scheduler's per-pod preemption and gangsched's gang preemption (sim.preemption)")
-    parser.add_argument("--high-fraction", type=_fraction, default=0.2,
+    parser.add_argument("--high-fraction", type=fraction, default=0.2,
                         help="share of jobs made high priority in the study (default %(default)s)")
     parser.add_argument("--priority-seed", type=int, default=0, help="seed of the priority draw (default 0)")
     parser.add_argument("--partial-timeout", type=float, default=3600.0,
                         help="per-pod policy: a partial job gives its pods back after this many seconds "
                         "(default %(default)s; 0: never)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.set_defaults(run=main)
 
 
@@ -173,7 +150,11 @@ def main(args: argparse.Namespace) -> int:
     import tqdm  # noqa: F401
     root = None if args.trace and args.vcs else data_dir(args.data) / "philly"
     trace_path = Path(args.trace) if args.trace else root / "philly_jobs.csv"
-    vcs = load_vcs(Path(args.vcs) if args.vcs else root / "helios_vc_nodes.csv")
+    vcs_path = Path(args.vcs) if args.vcs else root / "helios_vc_nodes.csv"
+    print(f"trace data: {root.parent if root else 'not used'} (jobs {trace_path}, vcs {vcs_path})", flush=True)
+    if args.end < args.start:
+        raise TraceError(f"--end {args.end} is before --start {args.start}")
+    vcs = load_vcs(vcs_path)
     table_ = load_jobs(trace_path, skip_bad_rows=args.skip_bad_rows)
     if table_.skipped:
         print(f"skipped {len(table_.skipped)} malformed row(s) of {trace_path.name}:", file=sys.stderr)
@@ -183,6 +164,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"  ... and {len(table_.skipped) - 5} more", file=sys.stderr)
     profiles = [] if args.preemption_study else [load_profile(p.strip()) for p in args.policies.split(",")
                                                  if p.strip()]
+    if not args.preemption_study and not profiles:
+        raise ProfileError(f"--policies {args.policies!r}: no profile named")
     nodes = build_nodes(vcs)
     out_dir = Path(args.out or ("results/preemption" if args.preemption_study else "results/time"))
     for load in args.load:
@@ -194,8 +177,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"rejected {len(sl.rejected)} job(s) asking for more GPUs than their whole vc has "
                   f"(e.g. row {sl.rejected[0].id}: {sl.rejected[0].gpus} GPUs in vc {sl.rejected[0].vc})")
         if not sl.jobs:
-            print("no jobs to replay", file=sys.stderr)
-            return 1
+            raise TraceError(f"no job of {trace_path.name} to replay between --start {args.start} and --end "
+                             f"{args.end} in the vcs of {vcs_path.name}")
         if args.preemption_study:
             _run_study(load, sl, nodes, args, out_dir)
         else:
@@ -238,7 +221,7 @@ def _run_load(load: float, sl: TraceSlice, nodes: list[Node], profiles: list[Pro
     for profile in profiles:
         began = time.perf_counter()
         out = outcomes[profile.name] = TimeReplay(nodes, sl.jobs, profile, scope=args.queue_scope, seed=args.seed,
-                                                  progress=not args.no_progress and sys.stderr.isatty()).run()
+                                                  progress=not args.no_progress).run()
         results[profile.name] = {**summarize(out), "runtime_s": round(time.perf_counter() - began, 2),
                                  "per_vc": per_vc(out)}
         for msg in out.errors:
