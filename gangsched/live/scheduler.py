@@ -219,19 +219,8 @@ class LiveScheduler:
             self.recorder.record(view.group_obj, "PodGroup", "FailedScheduling", message, api_version=PODGROUP_API)
 
     def _refresh_workload(self, now: float) -> None:
-        """FGD scores against the workload's typical pods: here, the shapes of the pods the cluster holds or
-        waits for, refreshed when a new shape shows up or the mix has had time to drift."""
-        if not self.profile.needs_workload:
-            return
-        shapes = self.cache.shapes
-        if self._workload is not None:
-            seen, at = self._workload
-            if now - at < self.workload_refresh and all(d in seen for d in shapes):
-                return
-        self.cache.shapes = shapes = +shapes  # drop shapes no pod has any more
-        self.core.ctx.workload = Workload.from_demands([d for d, n in shapes.items() for d in repeat(d, n)])
-        self.core.evaluator = Evaluator(self.profile, self.core.ctx)  # its cached scores assumed the old mix
-        self._workload = (set(shapes), now)
+        self._workload = refresh_workload(self.core, self.profile, self.cache, self._workload, now,
+                                          self.workload_refresh)
 
     # ---- binding outcomes ------------------------------------------------------------------------------------
     def _bind_done(self, out: BindOutcome) -> None:
@@ -281,3 +270,21 @@ class LiveScheduler:
             if status is not None:
                 self.status.write(key, status)
         cache.dirty_groups.clear()
+
+
+def refresh_workload(core: Scheduler, profile: Profile, cache: Cache, last: tuple[set, float] | None, now: float,
+                     every: float = 30.0) -> tuple[set, float] | None:
+    """FGD scores against the workload's typical pods: here, the shapes of the pods the cluster holds or waits
+    for, refreshed when a new shape shows up or the mix has had time to drift. Returns what the workload was
+    built from and when (pass it back next time); the live scheduler and the extender both call it."""
+    if not profile.needs_workload:
+        return last
+    shapes = cache.shapes
+    if last is not None:
+        seen, at = last
+        if now - at < every and all(d in seen for d in shapes):
+            return last
+    cache.shapes = shapes = +shapes  # drop shapes no pod has any more
+    core.ctx.workload = Workload.from_demands([d for d, n in shapes.items() for d in repeat(d, n)])
+    core.evaluator = Evaluator(profile, core.ctx)  # its cached scores assumed the old mix
+    return (set(shapes), now)
