@@ -99,7 +99,7 @@ def find_victims(scheduler: Scheduler, gang: GangInfo, running: Sequence[Running
     state = scheduler.state
     saved = {k: state.assignments[k] for u in units for k in u.pods}
     levels = sorted({u.gang.priority for u in units})
-    with state.trial():
+    try:  # the units released below are all put back at the end, cheaper than rolling a trial back
         released: list[Unit] = []
         fit = None
         for level in levels:  # the lowest level that suffices
@@ -120,6 +120,10 @@ def find_victims(scheduler: Scheduler, gang: GangInfo, running: Sequence[Running
         if not final.ok:  # the unchecked reprieves misled the greedy placement: check every one
             victims = _reprieve(scheduler, gang, released, fit.placed, saved, shortcut=False)
             final = _fits(scheduler, gang)
+    finally:
+        for k, a in saved.items():
+            if k not in state.assignments:
+                state.assign(k, a.demand, a.node, a.devices, force=True)
     return Preemption(Status(), victims, final.placed)
 
 
@@ -157,27 +161,29 @@ def _try_level(scheduler: Scheduler, gang: GangInfo, candidates: list[Unit],
 def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed: list[Assignment],
               saved: dict[str, Assignment], shortcut: bool = True) -> list[Unit]:
     """Put back every released unit the gang can do without, the most valuable first. With `shortcut`, a unit
-    on none of the nodes the gang's current placement uses goes back unchecked (it cannot matter to it)."""
+    that leaves the gang's latest placement intact goes back without placing the gang again."""
     state = scheduler.state
-    used = {a.node for a in placed}
+    book = _Placement(state, gang, placed)
+    need = _Need.of(gang)
     kept: list[Unit] = []
-    # In that order, each unit goes back if the gang still fits with it. A unit on none of the nodes the gang's
-    # latest placement uses goes back unchecked (with `shortcut`); the others are checked in batches that double
-    # while they go back whole and halve when they do not (the same answer as one at a time as long as giving
-    # capacity back never helps the gang fit), so a few victims among many candidates cost few checks.
+    # In that order, each unit goes back if the gang still fits with it: at once if the latest placement still
+    # holds with it back (with `shortcut`; most units are on nodes the gang does not touch), else checked by
+    # placing the gang, in batches that double while they go back whole and halve when they do not (the same
+    # answer as one at a time as long as giving capacity back never helps the gang fit), so a few victims among
+    # many candidates cost few placements.
     order = sorted(released, key=_keep_first)
     i, batch = 0, 1
     while i < len(order):
-        if shortcut and not any(saved[k].node in used for k in order[i].pods):
+        if shortcut and book.holds_with(order[i], saved):
             _restore(state, order[i], saved)
             i += 1
             continue
         group = order[i:i + batch]
         for u in group:
             _restore(state, u, saved)
-        fit = _fits(scheduler, gang)
-        if fit.ok:
-            used = {a.node for a in fit.placed}
+        fit = _check(scheduler, gang, need)
+        if fit is not None:
+            book = _Placement(state, gang, fit.placed)
             i += len(group)
             batch *= 2
             continue
@@ -203,8 +209,13 @@ def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed
         for u in sorted(kept, key=_keep_first):
             if u.extra and u.gang.key in cores:
                 continue
+            unneeded = book.holds_with(u, saved)
             _restore(state, u, saved)
-            if _fits(scheduler, gang).ok:
+            if not unneeded:
+                fit = _check(scheduler, gang, need)
+                if fit is not None:
+                    book, unneeded = _Placement(state, gang, fit.placed), True
+            if unneeded:
                 kept.remove(u)
                 changed = True
                 break
@@ -212,11 +223,79 @@ def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed
     return kept
 
 
+class _Placement:
+    """The gang's latest placement, by node: whether it still holds once a unit is back is a capacity sum on
+    the unit's nodes (preemption changes nothing else a filter reads), far cheaper than placing the gang."""
+
+    def __init__(self, state, gang: GangInfo, placed: list[Assignment]) -> None:
+        self.state = state
+        # minResources is checked against the whole cluster's free capacity: only placing the gang tells
+        self.usable = not (gang.group.min_resources and not gang.bound)
+        self.by_node: dict[int, list[Assignment]] = {}
+        for a in placed:
+            self.by_node.setdefault(a.node, []).append(a)
+
+    def holds_with(self, u: Unit, saved: dict[str, Assignment]) -> bool:
+        if not self.usable:
+            return False
+        state = self.state
+        back: dict[int, list[Assignment]] = {}
+        for k in u.pods:
+            back.setdefault(saved[k].node, []).append(saved[k])
+        for node, pods in back.items():
+            ours = self.by_node.get(node)
+            if not ours:
+                continue
+            both = ours + pods
+            vec = np.sum([a.vector for a in both], axis=0)
+            if (state.used[node] + vec > state.allocatable[node]).any():
+                return False
+            gpu = state.gpu_free[node].copy()
+            for a in both:
+                if a.devices:
+                    gpu[list(a.devices)] -= a.gpu_milli
+            if (gpu < 0).any():
+                return False
+        return True
+
+
 def _keep_first(u: Unit) -> tuple:
     """Reprieve order, most valuable first: higher priority, more PDB violations, whole gangs and elastic
     gangs' cores before the members above their minMember (those go first), fewer pods (so the victims are
     fewer, larger gangs), running longer (more work lost if evicted)."""
     return (-u.gang.priority, -(u.gang.pdb_violations if u.whole else 0), u.extra, len(u.pods), u.gang.started)
+
+
+@dataclass(frozen=True)
+class _Need:
+    """What the gang's smallest minMember waiting members need at the least, summed over the cluster."""
+
+    vector: np.ndarray | None  # scalar requests (None: a resource no node offers)
+    whole_gpus: int  # whole devices, for members asking whole GPUs
+    gpu_milli: int  # GPU thousandths in all
+
+    @classmethod
+    def of(cls, gang: GangInfo) -> _Need:
+        pods = sorted(gang.pods, key=lambda p: p.demand.gpu_total_milli)[:max(0, gang.group.min_member
+                                                                             - len(gang.bound))]
+        whole = sum(p.demand.gpu_count for p in pods if p.demand.gpu_milli >= 1000)
+        return cls(None, whole, sum(p.demand.gpu_total_milli for p in pods))
+
+    def exceeds(self, state) -> bool:
+        """True when the schedulable nodes' free capacity cannot cover it: the gang cannot fit, no need to
+        place it to know (a necessary condition only, so it never says no where placing would say yes)."""
+        usable = ~state.unschedulable
+        free = state.gpu_free[usable].clip(min=0)
+        return int((free >= 1000).sum()) < self.whole_gpus or int(free.sum()) < self.gpu_milli
+
+
+def _check(scheduler: Scheduler, gang: GangInfo, need: _Need) -> GangResult | None:
+    """The gang's placement if it fits as things are, else None; the capacity bound first, as most reprieve
+    checks that fail fail on it."""
+    if need.exceeds(scheduler.state):
+        return None
+    fit = _fits(scheduler, gang)
+    return fit if fit.ok else None
 
 
 def _fits(scheduler: Scheduler, gang: GangInfo) -> GangResult:

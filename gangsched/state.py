@@ -67,6 +67,7 @@ class ClusterState:
         self._touched_base = 0
         self.epoch = 0  # bumped whenever the node set or node attributes change
         self._vectors: dict[Demand, np.ndarray] = {}
+        self._known_vectors: dict[Demand, np.ndarray] = {}
         self._build(list(nodes))
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class ClusterState:
             if PODS not in node.allocatable:
                 self.allocatable[i, self.res_index[PODS]] = 110  # kubelet's default maxPods
             for d, dev in enumerate(node.gpus):
-                self.gpu_cap[i, d] = MILLI_PER_GPU
+                self.gpu_cap[i, d] = MILLI_PER_GPU if dev.healthy else 0  # unhealthy: like padding
                 self.dev_model[i, d] = self.model_index[dev.model]
                 self.dev_group[i, d] = dev.group
         self.gpu_free = self.gpu_cap.copy()
@@ -109,6 +110,7 @@ class ClusterState:
         self._build_taints(nodes)
         self.node_pods = [set() for _ in nodes]
         self._vectors.clear()
+        self._known_vectors.clear()
         self.epoch += 1
 
     def _build_labels(self, nodes: list[Node]) -> None:
@@ -178,11 +180,15 @@ class ClusterState:
 
     def _known_vector(self, demand: Demand) -> np.ndarray:
         """`vector` without the resources no node offers."""
-        vec = np.zeros(len(self.resources), dtype=np.int64)
-        for res, qty in demand.requests:
-            j = self.res_index.get(res)
-            if j is not None:
-                vec[j] += qty
+        vec = self._known_vectors.get(demand)
+        if vec is None:
+            vec = np.zeros(len(self.resources), dtype=np.int64)
+            for res, qty in demand.requests:
+                j = self.res_index.get(res)
+                if j is not None:
+                    vec[j] += qty
+            vec.setflags(write=False)
+            self._known_vectors[demand] = vec
         return vec
 
     def overcommitted(self, node: int) -> bool:
@@ -212,20 +218,26 @@ class ClusterState:
 
     def _apply(self, pod_key: str, demand: Demand, node: int, devices: tuple[int, ...],
                force: bool = False) -> Assignment:
+        # Plain Python over the few devices and one node's rows: numpy's per-call overhead dominates here, and
+        # preemption's searches put back thousands of pods.
         vec = self._known_vector(demand) if force else self.vector(demand)
-        if len(devices) != demand.gpu_count or len(set(devices)) != len(devices):
+        n = len(devices)
+        if n != demand.gpu_count or (n > 1 and len(set(devices)) != n):
             raise CapacityError(f"pod {pod_key} needs {demand.gpu_count} distinct GPUs, got {devices}")
-        if not force and (self.used[node] + vec > self.allocatable[node]).any():
+        used = self.used[node]
+        if not force and (used + vec > self.allocatable[node]).any():
             raise CapacityError(f"pod {pod_key} does not fit on node {self.names[node]}")
         milli = demand.gpu_milli if demand.gpu_count else 0
         if devices:
-            dev = np.asarray(devices)
-            if dev.min() < 0 or dev.max() >= self.gpu_free.shape[1] or self.gpu_cap[node, dev].min() == 0:
-                raise CapacityError(f"pod {pod_key}: node {self.names[node]} has no GPUs {devices}")
-            if not force and np.any(self.gpu_free[node, dev] < milli):
-                raise CapacityError(f"pod {pod_key}: GPUs {devices} of node {self.names[node]} lack {milli} milli")
-            self.gpu_free[node, dev] -= milli
-        self.used[node] += vec
+            cap, free = self.gpu_cap[node], self.gpu_free[node]
+            for d in devices:
+                if d < 0 or d >= len(cap) or cap[d] == 0:
+                    raise CapacityError(f"pod {pod_key}: node {self.names[node]} has no GPUs {devices}")
+                if not force and free[d] < milli:
+                    raise CapacityError(f"pod {pod_key}: GPUs {devices} of node {self.names[node]} lack {milli} milli")
+            for d in devices:
+                free[d] -= milli
+        used += vec
         if demand.gpu_tag >= 0:
             self.gpu_tags[node, demand.gpu_tag] += 1
         a = Assignment(pod_key, node, self.names[node], devices, milli, tuple(vec.tolist()), demand)
@@ -235,9 +247,11 @@ class ClusterState:
         return a
 
     def _unapply(self, a: Assignment) -> None:
-        self.used[a.node] -= np.asarray(a.vector, dtype=np.int64)
+        self.used[a.node] -= a.vector
         if a.devices:
-            self.gpu_free[a.node, list(a.devices)] += a.gpu_milli
+            free = self.gpu_free[a.node]
+            for d in a.devices:
+                free[d] += a.gpu_milli
         if a.demand.gpu_tag >= 0:
             self.gpu_tags[a.node, a.demand.gpu_tag] -= 1
         del self.assignments[a.pod_key]
