@@ -34,6 +34,7 @@ class GpuDevice:
     model: str = ""
     memory_mib: int = 0
     group: int = 0
+    healthy: bool = True  # an unhealthy device keeps its index but offers nothing (its device plugin said so)
 
 
 class TaintEffect(StrEnum):
@@ -130,8 +131,9 @@ class Node:
             if qty < 0:
                 raise ModelError(f"node {self.name}: allocatable {res}={qty} is negative")
         declared = self.allocatable.get(GPU)
-        if declared is not None and self.gpus and declared != len(self.gpus):
-            raise ModelError(f"node {self.name}: allocatable {GPU}={declared} but {len(self.gpus)} devices listed")
+        healthy = sum(d.healthy for d in self.gpus)
+        if declared is not None and self.gpus and declared != healthy:
+            raise ModelError(f"node {self.name}: allocatable {GPU}={declared} but {healthy} healthy devices listed")
         if declared and not self.gpus:
             # A device-plugin count without a device list: identical devices of the node's labelled model.
             model = self.labels.get("nvidia.com/gpu.product", "")

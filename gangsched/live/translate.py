@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
@@ -15,6 +16,7 @@ from gangsched.model import (
     MILLI_PER_GPU,
     PODS,
     Demand,
+    GpuDevice,
     ModelError,
     Node,
     PodGroup,
@@ -29,6 +31,7 @@ VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"  # Volcano
 GPU_DEVICES_ANNOTATION = "gangsched.io/gpu-devices"  # the device indices we picked, for the device plugin
 GPU_MODELS_ANNOTATION = "gangsched.io/gpu-models"  # comma-separated GPU models the pod accepts
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_INVENTORY_ANNOTATION = "gangsched.io/gpu-inventory"  # the node's devices, published by our device plugin
 MILLI_RESOURCES = {CPU}
 # The state holds quantities in int64 and adds a request to a node's usage (both at most MAX_QUANTITY): 2**61
 # leaves that sum, and a few more, room below 2**63.
@@ -97,9 +100,39 @@ def node_from(obj: dict) -> Node:
             allocatable[res] = limit
     taints = tuple(_taint(t, name) for t in spec.get("taints") or [] if t.get("effect") in _EFFECTS)
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    gpus = node_gpus((meta.get("annotations") or {}).get(GPU_INVENTORY_ANNOTATION), allocatable.get(GPU, 0))
+    if gpus:
+        allocatable[GPU] = sum(d.healthy for d in gpus)
     # With no node-lifecycle controller (our dev cluster) nobody taints a NotReady node, so check it here.
     return Node(name=name, allocatable=allocatable, labels=dict(meta.get("labels") or {}), taints=taints,
-                unschedulable=bool(spec.get("unschedulable")) or not ready)
+                unschedulable=bool(spec.get("unschedulable")) or not ready, gpus=gpus)
+
+
+def node_gpus(inventory: str | None, allocatable: int) -> tuple[GpuDevice, ...]:
+    """The devices our device plugin published (`gangsched.io/gpu-inventory`: index, model, memoryMiB, island,
+    healthy per device), reconciled with the kubelet's count: a device is usable only if both say so. The plugin
+    marks a device unhealthy on the node before it tells the kubelet, so the annotation leads; where the kubelet
+    offers fewer (plugin not registered yet, after a kubelet restart), the highest healthy indices are held back.
+    () when absent or malformed: the node then counts as `allocatable` identical devices."""
+    if not inventory:
+        return ()
+    try:
+        gpus = [GpuDevice(index=int(e["index"]), model=str(e.get("model") or ""),
+                          memory_mib=int(e.get("memoryMiB") or 0), group=int(e.get("island") or 0),
+                          healthy=e.get("healthy", True) is True) for e in json.loads(inventory)]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return ()
+    if not gpus or len(gpus) > MAX_NODE_GPUS or [d.index for d in gpus] != list(range(len(gpus))) or \
+            any(not 0 <= d.group < 2**15 for d in gpus):
+        return ()
+    extra = sum(d.healthy for d in gpus) - allocatable
+    for d in reversed(gpus):
+        if extra <= 0:
+            break
+        if d.healthy:
+            gpus[d.index] = GpuDevice(d.index, d.model, d.memory_mib, d.group, healthy=False)
+            extra -= 1
+    return tuple(gpus)
 
 
 _EFFECTS = {e.value for e in TaintEffect}
