@@ -133,7 +133,7 @@ class Node:
         declared = self.allocatable.get(GPU)
         healthy = sum(d.healthy for d in self.gpus)
         if declared is not None and self.gpus and declared != healthy:
-            raise ModelError(f"node {self.name}: allocatable {GPU}={declared} but {healthy} healthy devices listed")
+            raise ModelError(f"node {self.name}: allocatable {GPU}={declared} but {healthy} devices listed as healthy")
         if declared and not self.gpus:
             # A device-plugin count without a device list: identical devices of the node's labelled model.
             model = self.labels.get("nvidia.com/gpu.product", "")
