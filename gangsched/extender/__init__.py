@@ -1,0 +1,1 @@
+"""Extender mode: gang semantics inside a real kube-scheduler, through its extender protocol."""

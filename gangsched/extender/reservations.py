@@ -1,0 +1,344 @@
+"""Gang semantics through kube-scheduler's per-pod extender calls: the reservation book.
+
+kube-scheduler asks about one pod at a time. When it asks (filter) about a member of a gang whose minMember
+pods exist, the core (`Scheduler.schedule_gang`) places the whole gang at once, on the same books as
+`gangsched run` (`live.cache.Cache`: every placement *assumed* there, so no later plan takes its GPUs), and
+each member's filter answer is its reserved node and nothing else. A member of an incomplete gang gets no node
+at all (FailedAndUnresolvableNodes), so nothing is held for a gang that cannot start and two interleaved gangs
+cannot deadlock: the first one complete is placed whole, the other gets nothing.
+
+kube-scheduler's own plugins may reject a reserved node (pod affinity, volumes, ports: what the core does not
+model): the member then comes to filter with a node list that lacks it. Its movable mates (not yet at bind) are
+released and the gang is re-planned, that member kept to the nodes kube-scheduler offered. The asking member
+is always kept to its offered nodes.
+
+Bind is a barrier, as coscheduling's Permit: a member's bind call waits until minMember members are bound or
+at bind, then every waiting member's Binding is posted (with its GPUs as `gangsched.io/gpu-devices`). A member
+that kube-scheduler never brings to bind (it rejects it on every node) keeps the barrier shut: after
+`bind_wait` the waiting binds fail and the whole reservation is dropped, so nothing of the gang is bound and
+nothing stays held. A reservation that is never bound at all expires after `ttl`.
+
+Everything here runs under `lock` (a Condition: the bind barrier waits on it); the caller takes it around
+every call except `bind`, which takes it itself because it waits and posts outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from gangsched.core import Scheduler
+from gangsched.extender.protocol import BindArgs, FilterVerdict
+from gangsched.framework import GangInfo
+from gangsched.live.binder import BindRequest
+from gangsched.live.cache import Cache, GangKey, PodInfo
+from gangsched.live.kube import ApiError
+from gangsched.live.preemption import Preemptor
+from gangsched.live.scheduler import refresh_workload
+from gangsched.model import NODE_NAME_FIELD, Requirement
+from gangsched.profile import Profile
+from gangsched.result import Code
+
+log = logging.getLogger(__name__)
+
+PostBinding = Callable[[BindRequest], "ApiError | None"]
+
+
+@dataclass
+class Reservation:
+    gang: GangKey
+    min_member: int
+    expires: float
+    pods: set[str] = field(default_factory=set)  # members we placed (assumed in the cache), not bound yet
+    waiting: dict[str, str] = field(default_factory=dict)  # members at the bind barrier -> their node
+    open: bool = False  # the barrier opened: later members bind at once
+    failed: str = ""  # dropped: the waiting binds return this
+
+
+class Book:
+    def __init__(self, cache: Cache, core: Scheduler, profile: Profile, post: PostBinding, *,
+                 preemptor: Preemptor | None = None, clock: Callable[[], float] = time.time, ttl: float = 30.0,
+                 bind_wait: float = 15.0, bind_retries: int = 3):
+        self.cache, self.core, self.profile, self.post, self.preemptor = cache, core, profile, post, preemptor
+        self.clock, self.ttl, self.bind_wait, self.bind_retries = clock, ttl, bind_wait, bind_retries
+        self.lock = threading.Condition(threading.RLock())
+        self.reservations: dict[GangKey, Reservation] = {}
+        self.offered: dict[str, frozenset[str]] = {}  # pod key -> nodes kube-scheduler last offered it
+        self.posting: set[str] = set()  # bindings being posted: their node can no longer change
+        self._workload: tuple[set, float] | None = None
+        self.stats: Counter[str] = Counter()
+
+    # ---- events --------------------------------------------------------------------------------------------
+    def apply(self, kind: str, typ: str, obj) -> None:
+        """One informer event into the cache (a bad object is logged and skipped)."""
+        try:
+            self.cache.apply(kind, typ, obj)
+        except Exception:
+            self.stats["event_errors"] += 1
+            log.exception("%s %s event not applied", kind, typ)
+
+    def tick(self) -> None:
+        """After events and periodically: nodes into the state, expired or broken reservations dropped."""
+        now = self.clock()
+        self.cache.refresh_nodes()
+        self.cache.take_dirty()  # kube-scheduler owns the queue: nothing here re-queues gangs
+        for gkey, res in list(self.reservations.items()):
+            self._settle(gkey, res, now)
+        if self.preemptor is not None:
+            for gkey in [k for k in self.preemptor.holding if k not in self.cache.gangs]:
+                self.preemptor.forget(gkey)
+        self.lock.notify_all()
+
+    def _settle(self, gkey: GangKey, res: Reservation, now: float) -> None:
+        bound = {k for k in res.pods if k in self.cache.pods and self.cache.pods[k].node}
+        res.pods -= bound
+        lost = {k for k in res.pods if k not in self.cache.assumed}  # deleted, finished, or re-created meanwhile
+        res.pods -= lost
+        for k in bound | lost:
+            self.offered.pop(k, None)
+        if not res.pods:
+            del self.reservations[gkey]
+        elif lost and not res.open:
+            self._drop(gkey, f"{gkey}: member(s) {', '.join(sorted(lost))} went away before binding")
+        elif now > res.expires and not res.waiting and not (res.pods & self.posting):
+            self.stats["expired"] += 1
+            self._drop(gkey, f"{gkey}: its reservation was not bound within {self.ttl:.0f}s")
+
+    def _drop(self, gkey: GangKey, why: str) -> None:
+        """Give back every member not being bound; the waiting binds fail with `why`."""
+        res = self.reservations.pop(gkey, None)
+        if res is None:
+            return
+        log.info("dropping the reservation of %s: %s", gkey, why)
+        res.failed = why
+        for key in res.pods - self.posting:
+            self.cache.forget(key)
+            self.offered.pop(key, None)
+        self.lock.notify_all()
+
+    # ---- filter / prioritize -----------------------------------------------------------------------------------
+    def known(self, pod: dict) -> PodInfo | None:
+        """The cache's record of the pod kube-scheduler sent, once the informer has delivered it."""
+        meta = pod["metadata"]
+        info = self.cache.pods.get(f"{meta.get('namespace', 'default')}/{meta['name']}")
+        if info is None or (meta.get("uid") and info.obj["metadata"].get("uid") != meta.get("uid")):
+            return None
+        return info
+
+    def wait_known(self, pod: dict, deadline: float) -> PodInfo | None:
+        """`known`, waiting (lock released) up to `deadline` (monotonic) for our informer to catch up with
+        kube-scheduler's: a pod it schedules may be newer than our watch."""
+        info = self.known(pod)
+        while info is None and (left := deadline - time.monotonic()) > 0:
+            self.lock.wait(min(left, 0.05))
+            info = self.known(pod)
+        return info
+
+    def filter(self, info: PodInfo, names: list[str]) -> FilterVerdict:
+        key, gkey = info.key, info.gang
+        if gkey is None:  # not our scheduler name: kube-scheduler's profile and ours disagree; no opinion
+            return FilterVerdict(nodes=list(names))
+        if info.node:
+            return FilterVerdict(error=f"pod {key} is already bound to {info.node}")
+        offered = frozenset(names)
+        self.offered[key] = offered
+        node = self.cache.assumed.get(key)
+        if node is not None:
+            if node in offered:
+                return FilterVerdict.only(node)
+            if key in self.posting or key in self._waiting(gkey):
+                return FilterVerdict(error=f"pod {key} is being bound to {node}")
+            # kube-scheduler's own plugins reject the node we reserved: re-plan the gang around it
+            self.stats["replans"] += 1
+            log.info("kube-scheduler rejects %s's reserved node %s: re-planning %s", key, node, gkey)
+            self._release_movable(gkey)
+        view = self.cache.view(gkey)
+        if view is None:
+            return FilterVerdict.none(names, f"pod {key} is not waiting for a node", unresolvable=True)
+        if view.problem or view.info is None:
+            return FilterVerdict.none(names, view.problem or f"{gkey} cannot be scheduled", unresolvable=True)
+        gang = view.info
+        holder = self._held_for(gang)
+        if holder is not None:
+            return FilterVerdict.none(names, f"{gkey}: capacity is held for {holder} (higher priority) while the "
+                                             f"pods it preempted terminate", unresolvable=False)
+        self._refresh_workload()
+        result = self.core.schedule_gang(self._kept_to_offers(gang))
+        if result.ok and self.preemptor is not None:
+            self.preemptor.settle(gang, result)  # placed: it holds nothing any more
+        if result.ok:
+            self.stats["gangs_planned"] += 1
+            res = self.reservations.get(gkey)
+            if res is None:
+                res = self.reservations[gkey] = Reservation(gkey, gang.group.min_member, 0.0)
+            res.expires = self.clock() + self.ttl
+            for a in result.placed:
+                self.cache.assume(a)
+                res.pods.add(a.pod_key)
+            node = self.cache.assumed.get(key)
+            if node is not None and node in offered:
+                return FilterVerdict.only(node)
+            message = f"{gkey} is placed, but this pod found no room: {result.message()}"
+            return FilterVerdict.none(names, message, unresolvable=False)
+        res = self.reservations.get(gkey)
+        if res is not None and not res.open and len(gang.bound) < res.min_member:
+            # a re-plan that failed: the members already at bind cannot start either
+            self._drop(gkey, f"{gkey}: re-planned, it no longer fits: {result.message()}")
+        return FilterVerdict.none(names, f"{gkey}: {result.message()}", unresolvable=result.code == Code.UNRESOLVABLE)
+
+    def prioritize(self, info: PodInfo, names: list[str]) -> dict[str, int]:
+        node = self.cache.assumed.get(info.key)
+        return {node: 10} if node is not None else {}
+
+    def _waiting(self, gkey: GangKey) -> dict[str, str]:
+        res = self.reservations.get(gkey)
+        return res.waiting if res is not None else {}
+
+    def _release_movable(self, gkey: GangKey) -> None:
+        res = self.reservations.get(gkey)
+        if res is None:
+            return
+        for key in [k for k in res.pods if k not in res.waiting and k not in self.posting]:
+            self.cache.forget(key)
+            res.pods.discard(key)
+
+    def _kept_to_offers(self, gang: GangInfo) -> GangInfo:
+        """The gang with each member kube-scheduler has offered nodes to kept to those nodes (as required node
+        affinity on its name), so the core never reserves a node kube-scheduler already turned down."""
+        known = self.cache.state.index
+        pods = []
+        for p in gang.pods:
+            offered = self.offered.get(p.key)
+            refused = [n for n in known if n not in offered] if offered is not None else []
+            if refused:
+                p = replace(p, demand=replace(p.demand, affinity=_kept_to(p.demand.affinity, refused,
+                                                                          [n for n in offered if n in known])))
+            pods.append(p)
+        return replace(gang, pods=pods)
+
+    def _held_for(self, gang: GangInfo) -> GangKey | None:
+        """A gang of higher priority whose preemption victims are still terminating: what they free is its."""
+        if self.preemptor is None:
+            return None
+        for gkey in list(self.preemptor.holding):
+            if gkey == gang.key:
+                continue
+            view = self.cache.view(gkey)
+            if view is not None and view.info is not None and view.info.priority > gang.priority \
+                    and self.preemptor.holds(view.info):
+                return gkey
+        return None
+
+    def _refresh_workload(self) -> None:
+        self._workload = refresh_workload(self.core, self.profile, self.cache, self._workload, self.clock())
+
+    # ---- preempt ------------------------------------------------------------------------------------------------
+    def preempt(self, info: PodInfo, candidates: dict[str, list[str]]) -> dict[str, list[str]]:
+        """kube-scheduler's preemption candidates for the pod -> the victims to evict on those nodes: whole
+        lower-priority gangs the core's search chose (`live.preemption` evicts every one of them, wherever they
+        run, and holds what they free for the gang), or none."""
+        gkey = info.gang
+        if self.preemptor is None or gkey is None:
+            return {}
+        view = self.cache.view(gkey)
+        if view is None or view.info is None or view.problem:
+            return {}
+        if gkey not in self.preemptor.holding:
+            self._refresh_workload()
+            with self.cache.state.trial():  # rolled back: only whether it fits is wanted
+                result = self.core.schedule_gang(view.info)
+            if result.ok:
+                return {}  # it fits on our books: kube-scheduler's own plugins turned it down, not capacity
+            self.preemptor.settle(view.info, result)
+            self.stats["preemptions"] += gkey in self.preemptor.holding
+        hold = self.preemptor.holding.get(gkey)
+        if hold is None or hold.expired:
+            return {}
+        victims: dict[str, list[str]] = {}
+        for key in sorted(hold.victims):
+            v = self.cache.pods.get(key)
+            if v is not None and v.node in candidates:
+                victims.setdefault(v.node, []).append(v.obj["metadata"].get("uid", ""))
+        return victims
+
+    # ---- bind ---------------------------------------------------------------------------------------------------
+    def bind(self, args: BindArgs) -> str | None:
+        """kube-scheduler's bind call: wait at the gang's barrier, then post the Binding. None, or the error."""
+        key = args.key
+        with self.lock:
+            info = self.cache.pods.get(key)
+            if info is None or (args.uid and info.obj["metadata"].get("uid") != args.uid):
+                return f"pod {key} (uid {args.uid}) is not known"
+            if info.node:
+                return None if info.node == args.node else f"pod {key} is already bound to {info.node}"
+            node = self.cache.assumed.get(key)
+            res = self.reservations.get(info.gang) if info.gang is not None else None
+            if node is None or res is None:
+                return f"pod {key} has no reservation (it expired or was re-planned); it is scheduled again"
+            if node != args.node:
+                return f"pod {key} is reserved on {node}, not {args.node}; it is scheduled again"
+            res.waiting[key] = node
+            self.lock.notify_all()
+            deadline = time.monotonic() + self.bind_wait
+            while not res.failed and not self._barrier_open(res):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stats["barrier_timeouts"] += 1
+                    self._drop(res.gang, self._shut_message(res))
+                    break
+                self.lock.wait(min(left, 0.5))
+            res.waiting.pop(key, None)
+            if res.failed:
+                return res.failed
+            self.posting.add(key)
+            a = self.cache.state.assignments[key]
+            req = BindRequest(args.namespace, args.name, info.obj["metadata"].get("uid", ""), node, a.devices,
+                              res.gang)
+        error = self._post(req)
+        with self.lock:
+            self.posting.discard(key)
+            if error is None or (error.status == 409 and "already assigned" in error.message):
+                self.stats["pods_bound"] += 1
+                return None
+            self.stats["bind_errors"] += 1
+            if error.status == 404:
+                self.cache.forget(key)
+            # otherwise the reservation stays: kube-scheduler schedules the pod again and finds it
+            return f"binding {key} to {node} failed: {error}"
+
+    def _barrier_open(self, res: Reservation) -> bool:
+        if not res.open:
+            bound = len(self.cache.bound_members(res.gang))
+            res.open = bound + len(res.waiting) >= res.min_member
+        return res.open
+
+    def _shut_message(self, res: Reservation) -> str:
+        missing = sorted(res.pods - set(res.waiting))
+        return (f"{res.gang}: only {len(res.waiting) + len(self.cache.bound_members(res.gang))} of "
+                f"minMember={res.min_member} members reached binding within {self.bind_wait:.0f}s (kube-scheduler "
+                f"did not place {', '.join(missing) or 'the others'}); nothing of the gang is bound")
+
+    def _post(self, req: BindRequest) -> ApiError | None:
+        error = None
+        for attempt in range(self.bind_retries):
+            error = self.post(req)
+            if error is None or not error.retriable:
+                return error
+            time.sleep(min(0.2 * 2 ** attempt, 2.0))
+        return error
+
+
+def _kept_to(terms: tuple, refused: list[str], offered: list[str]) -> tuple:
+    """Required node-affinity terms that also keep a pod to `offered` (= off `refused`): NotIn each refused
+    node's name in every term when that is shorter (or the pod has terms of its own), else one In term per
+    offered node."""
+    if terms or len(refused) <= len(offered):
+        out = tuple(Requirement(NODE_NAME_FIELD, "NotIn", (n,), field=True) for n in refused)
+        return tuple(t + out for t in terms) if terms else (out,)
+    if not offered:  # nothing offered: a term no node matches
+        return ((Requirement(NODE_NAME_FIELD, "In", ("",), field=True),),)
+    return tuple((Requirement(NODE_NAME_FIELD, "In", (n,), field=True),) for n in offered)

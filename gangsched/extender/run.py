@@ -1,0 +1,166 @@
+"""`gangsched extender`: the process (kubeconfig or in-cluster) and the kube-scheduler configuration for it.
+
+The same books as `gangsched run`: informers into a `live.cache.Cache`, the core's `Scheduler` over its state,
+`live.preemption.Preemptor` for the preempt verb. One thread drains the informers' events into the book (under
+its lock); the HTTP threads answer kube-scheduler's calls (under the same lock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gangsched.core import Scheduler
+from gangsched.extender.reservations import Book
+from gangsched.extender.server import Extender, serve
+from gangsched.live import informer as inf
+from gangsched.live.binder import BindRequest, binding_body
+from gangsched.live.cache import Cache
+from gangsched.live.kube import ApiError, KubeClient
+from gangsched.live.preemption import ApiEvictor, Preemptor
+from gangsched.live.run import NoEvents
+from gangsched.profile import Profile, load_profile
+from gangsched.state import ClusterState
+
+log = logging.getLogger("gangsched.extender")
+
+GPU = "nvidia.com/gpu"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--profile", default="default", help="profile name or YAML file (default: default)")
+    p.add_argument("--scheduler-name", default="default-scheduler",
+                   help="the kube-scheduler profile (spec.schedulerName) whose pods are gang-scheduled")
+    p.add_argument("--address", default="0.0.0.0", help="listen address (default: 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8888, help="listen port (default: 8888; 0 picks a free one)")
+    p.add_argument("--url-prefix", default="", help="path prefix of the verbs (kube-scheduler's urlPrefix path)")
+    p.add_argument("--tls-cert", help="serving certificate (PEM): serve HTTPS (kube-scheduler's enableHTTPS)")
+    p.add_argument("--tls-key", help="the serving certificate's key (PEM)")
+    p.add_argument("--client-ca", help="require client certificates signed by this CA (tlsConfig.certFile)")
+    p.add_argument("--health-port", type=int, default=0, help="plain-HTTP /healthz and /metrics here (0: off)")
+    p.add_argument("--request-timeout", type=float, default=10.0,
+                   help="seconds a call may take before it is answered with an error; keep it below "
+                        "kube-scheduler's httpTimeout (default: 10)")
+    p.add_argument("--bind-wait", type=float, default=15.0,
+                   help="seconds a member's bind waits for the rest of its gang to reach bind before the gang's "
+                        "reservation is dropped; below httpTimeout (default: 15)")
+    p.add_argument("--reservation-ttl", type=float, default=30.0,
+                   help="seconds a reservation kube-scheduler never binds is kept (default: 30)")
+    p.add_argument("--no-preemption", action="store_true", help="the preempt verb never names victims")
+    p.add_argument("--qps", type=float, default=200.0, help="client requests per second (<= 0: unlimited)")
+    p.add_argument("--burst", type=int, default=400)
+    p.add_argument("--print-config", metavar="URL",
+                   help="print a KubeSchedulerConfiguration calling an extender at URL, and exit")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(run=run)
+
+
+def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "default-scheduler", ttl: float = 30.0,
+          bind_wait: float = 15.0, preemption: bool = True) -> Book:
+    """The production wiring: the book over the cache, its bindings and evictions through `client`."""
+    state = ClusterState([])
+    cache = Cache(state, scheduler_name)
+    core = Scheduler(state, profile)
+    preemptor = Preemptor(cache, core, ApiEvictor(client), NoEvents(), time.time) if preemption else None
+
+    def post(req: BindRequest) -> ApiError | None:
+        try:
+            client.request("POST", f"/api/v1/namespaces/{req.namespace}/pods/{req.name}/binding", binding_body(req))
+            return None
+        except ApiError as e:
+            return e
+
+    return Book(cache, core, profile, post, preemptor=preemptor, ttl=ttl, bind_wait=bind_wait)
+
+
+def pump(book: Book, events: queue.Queue, stop: threading.Event, tick: float = 0.5) -> None:
+    """Informer events into the book, in batches, and a tick at least every `tick` seconds."""
+    while not stop.is_set():
+        batch = []
+        try:
+            batch.append(events.get(timeout=tick))
+            while len(batch) < 1000:
+                batch.append(events.get_nowait())
+        except queue.Empty:
+            pass
+        with book.lock:
+            for item in batch:
+                book.apply(*item)
+            book.tick()
+
+
+def scheduler_config(scheduler_name: str, url: str, *, node_cache_capable: bool = True, ca_file: str | None = None,
+                     cert_file: str | None = None, key_file: str | None = None, http_timeout: str = "30s",
+                     ignorable: bool = False, managed: tuple[str, ...] = (GPU,), preempt: bool = True
+                     ) -> dict[str, Any]:
+    """A KubeSchedulerConfiguration whose profile `scheduler_name` calls the extender at `url` for filter,
+    prioritize, bind and preempt. percentageOfNodesToScore 100: the extender must see every feasible node, or
+    a gang's reserved node may simply not be among the ones kube-scheduler sampled."""
+    ext: dict[str, Any] = {
+        "urlPrefix": url, "filterVerb": "filter", "prioritizeVerb": "prioritize", "bindVerb": "bind",
+        "weight": 1, "enableHTTPS": url.startswith("https"), "httpTimeout": http_timeout,
+        "nodeCacheCapable": node_cache_capable, "ignorable": ignorable,
+        "managedResources": [{"name": r, "ignoredByScheduler": False} for r in managed],
+    }
+    if preempt:
+        ext["preemptVerb"] = "preempt"
+    tls = {k: v for k, v in (("caFile", ca_file), ("certFile", cert_file), ("keyFile", key_file)) if v}
+    if tls:
+        ext["tlsConfig"] = tls
+    return {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+            "percentageOfNodesToScore": 100, "profiles": [{"schedulerName": scheduler_name}], "extenders": [ext]}
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    if args.print_config:
+        print(yaml.safe_dump(scheduler_config(args.scheduler_name, args.print_config), sort_keys=False), end="")
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for flag in ("tls_cert", "tls_key", "client_ca"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"--{flag.replace('_', '-')} {path}: no such file")
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
+        raise FileNotFoundError("--tls-cert and --tls-key go together, and --client-ca needs them")
+    profile = load_profile(args.profile)
+    client = KubeClient.load(args.kubeconfig, qps=args.qps, burst=args.burst)
+    book = build(client, profile, scheduler_name=args.scheduler_name, ttl=args.reservation_ttl,
+                 bind_wait=args.bind_wait, preemption=not args.no_preemption)
+    stop = threading.Event()
+    events: queue.Queue = queue.Queue()
+    informers = inf.start_informers(client, events, stop)
+    pumper = threading.Thread(target=pump, args=(book, events, stop), name="extender-events", daemon=True)
+    pumper.start()
+
+    def synced() -> bool:
+        return all(i.synced.is_set() for i in informers) and pumper.is_alive()
+
+    ext = Extender(book, request_timeout=args.request_timeout, ready=synced)
+    server = serve(ext, args.address, args.port, prefix=args.url_prefix, tls_cert=args.tls_cert,
+                   tls_key=args.tls_key, client_ca=args.client_ca, healthy=synced)
+    if args.health_port:
+        serve(ext, args.address, args.health_port, healthy=synced, verbs=False)
+    scheme = "https" if args.tls_cert else "http"
+    host, port = server.server_address[:2]
+    # the line tests and operators wait for: where kube-scheduler's urlPrefix must point
+    print(f"extender serving on {scheme}://{host}:{port}/{args.url_prefix.strip('/')}", flush=True)
+    log.info("gang-scheduling pods of kube-scheduler profile %s, profile %s", args.scheduler_name, profile.name)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    server.shutdown()
+    log.info("stopped: %s", dict(book.stats))
+    return 0
