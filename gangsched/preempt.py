@@ -27,7 +27,7 @@ import numpy as np
 from gangsched.core import GangResult, Scheduler
 from gangsched.framework import GangInfo
 from gangsched.result import Code, Status
-from gangsched.state import Assignment
+from gangsched.state import Assignment, CapacityError
 
 MIN_CANDIDATE_NODES = 100
 
@@ -92,12 +92,12 @@ def find_victims(scheduler: Scheduler, gang: GangInfo, running: Sequence[Running
     if not allowed:
         return Preemption(Status.unresolvable("its PriorityClass has preemptionPolicy: Never"))
     prio = gang.priority
-    units = [u for r in running if r.priority < prio for u in units_of(r)
-             if all(k in scheduler.state.assignments for k in u.pods)]
+    state = scheduler.state
+    assigned = state.assignments
+    units = [u for r in running if r.priority < prio and all(k in assigned for k in r.pods) for u in units_of(r)]
     if not units:
         return Preemption(Status.unschedulable(f"no running pod has a priority below {prio}"))
-    state = scheduler.state
-    saved = {k: state.assignments[k] for u in units for k in u.pods}
+    saved: dict[str, Assignment] = {}  # every pod released below, as it was
     levels = sorted({u.gang.priority for u in units})
     try:  # the units released below are all put back at the end, cheaper than rolling a trial back
         released: list[Unit] = []
@@ -137,19 +137,20 @@ def _try_level(scheduler: Scheduler, gang: GangInfo, candidates: list[Unit],
     released = [u for u in candidates if all(k not in state.assignments for k in u.pods)]
     fresh = [u for u in candidates if u not in released]
     freeable = (state.gpu_free.clip(min=0) // 1000).sum(axis=1).astype(np.int64)
+    assigned = state.assignments
     for u in fresh:
         for k in u.pods:
-            a = saved[k]
+            a = assigned[k]
             freeable[a.node] += len(a.devices) * a.gpu_milli // 1000
     need = sum(p.demand.gpu_count for p in gang.pods)
     ranked = np.argsort(-freeable, kind="stable")
     enough = int(np.searchsorted(np.cumsum(freeable[ranked]), 2 * need)) + 1
     nodes = set(ranked[:max(enough, MIN_CANDIDATE_NODES)].tolist())
     done = set(released)
-    for subset in ([u for u in fresh if any(saved[k].node in nodes for k in u.pods)], fresh):
+    for subset in ([u for u in fresh if any(assigned[k].node in nodes for k in u.pods)], fresh):
         for u in subset:
             if u not in done:
-                _release(state, u)
+                _release(state, u, saved)
                 released.append(u)
                 done.add(u)
         fit = _fits(scheduler, gang)
@@ -161,34 +162,35 @@ def _try_level(scheduler: Scheduler, gang: GangInfo, candidates: list[Unit],
 def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed: list[Assignment],
               saved: dict[str, Assignment], shortcut: bool = True) -> list[Unit]:
     """Put back every released unit the gang can do without, the most valuable first. With `shortcut`, a unit
-    that leaves the gang's latest placement intact goes back without placing the gang again."""
+    that leaves the gang's latest placement intact, or needs only a few of its members moved, goes back without
+    placing the whole gang again."""
     state = scheduler.state
     book = _Placement(state, gang, placed)
     need = _Need.of(gang)
     kept: list[Unit] = []
-    # In that order, each unit goes back if the gang still fits with it: at once if the latest placement still
-    # holds with it back (with `shortcut`; most units are on nodes the gang does not touch), else checked by
-    # placing the gang, in batches that double while they go back whole and halve when they do not (the same
+    # In that order, each unit goes back if the gang still fits with it. With `shortcut`: at once if the latest
+    # placement still holds with it back, else if moving only the members it displaces suffices. Else the gang
+    # is placed anew, in batches that double while they go back whole and halve when they do not (the same
     # answer as one at a time as long as giving capacity back never helps the gang fit), so a few victims among
     # many candidates cost few placements.
     order = sorted(released, key=_keep_first)
     i, batch = 0, 1
     while i < len(order):
-        if shortcut and book.holds_with(order[i], saved):
+        if shortcut and book.holds_with(order[i], saved):  # most units: on nodes the gang does not use
             _restore(state, order[i], saved)
             i += 1
             continue
         group = order[i:i + batch]
         for u in group:
             _restore(state, u, saved)
-        fit = _check(scheduler, gang, need)
+        fit = _check(scheduler, need, book if shortcut else None)
         if fit is not None:
-            book = _Placement(state, gang, fit.placed)
+            book = fit
             i += len(group)
             batch *= 2
             continue
         for u in group:
-            _release(state, u)
+            _release(state, u, saved)
         if len(group) == 1:
             kept.append(group[0])
             i += 1
@@ -197,7 +199,7 @@ def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed
     gone = {u.gang.key for u in kept if not u.extra}
     for u in released:
         if u.gang.key in gone and u not in kept:
-            _release(state, u)  # it was reprieved: it is back in the state
+            _release(state, u, saved)  # it was reprieved: it is back in the state
             kept.append(u)
     # Greedy placement is not quite monotone (a unit given back later, or one added above, can change what the
     # gang needs): pass over the few victims until none of them is unneeded. Extras of a gang whose core goes
@@ -209,17 +211,17 @@ def _reprieve(scheduler: Scheduler, gang: GangInfo, released: list[Unit], placed
         for u in sorted(kept, key=_keep_first):
             if u.extra and u.gang.key in cores:
                 continue
-            unneeded = book.holds_with(u, saved)
+            unneeded = shortcut and book.holds_with(u, saved)
             _restore(state, u, saved)
             if not unneeded:
-                fit = _check(scheduler, gang, need)
+                fit = _check(scheduler, need, book if shortcut else None)
                 if fit is not None:
-                    book, unneeded = _Placement(state, gang, fit.placed), True
+                    book, unneeded = fit, True
             if unneeded:
                 kept.remove(u)
                 changed = True
                 break
-            _release(state, u)
+            _release(state, u, saved)
     return kept
 
 
@@ -228,7 +230,7 @@ class _Placement:
     the unit's nodes (preemption changes nothing else a filter reads), far cheaper than placing the gang."""
 
     def __init__(self, state, gang: GangInfo, placed: list[Assignment]) -> None:
-        self.state = state
+        self.state, self.gang, self.placed = state, gang, placed
         # minResources is checked against the whole cluster's free capacity: only placing the gang tells
         self.usable = not (gang.group.min_resources and not gang.bound)
         self.by_node: dict[int, list[Assignment]] = {}
@@ -258,6 +260,27 @@ class _Placement:
                 return False
         return True
 
+    def repaired(self, scheduler: Scheduler) -> _Placement | None:
+        """The placement with only the members that no longer fit where they were moved (by the core's pod
+        placement), if they all find room; None otherwise (the gang may still fit, placed anew)."""
+        if not self.usable:
+            return None
+        state = scheduler.state
+        pods = {p.key: p for p in self.gang.pods}
+        placed, displaced = [], []
+        with state.trial():  # rolled back: only the placement found is kept
+            for a in self.placed:
+                try:
+                    placed.append(state.assign(a.pod_key, a.demand, a.node, a.devices))
+                except CapacityError:
+                    displaced.append(a)
+            for a in displaced:
+                moved = scheduler.place_pod(pods[a.pod_key])
+                if not isinstance(moved, Assignment):
+                    return None
+                placed.append(moved)
+        return _Placement(state, self.gang, placed)
+
 
 def _keep_first(u: Unit) -> tuple:
     """Reprieve order, most valuable first: higher priority, more PDB violations, whole gangs and elastic
@@ -270,7 +293,7 @@ def _keep_first(u: Unit) -> tuple:
 class _Need:
     """What the gang's smallest minMember waiting members need at the least, summed over the cluster."""
 
-    vector: np.ndarray | None  # scalar requests (None: a resource no node offers)
+    gang: GangInfo
     whole_gpus: int  # whole devices, for members asking whole GPUs
     gpu_milli: int  # GPU thousandths in all
 
@@ -279,7 +302,7 @@ class _Need:
         pods = sorted(gang.pods, key=lambda p: p.demand.gpu_total_milli)[:max(0, gang.group.min_member
                                                                              - len(gang.bound))]
         whole = sum(p.demand.gpu_count for p in pods if p.demand.gpu_milli >= 1000)
-        return cls(None, whole, sum(p.demand.gpu_total_milli for p in pods))
+        return cls(gang, whole, sum(p.demand.gpu_total_milli for p in pods))
 
     def exceeds(self, state) -> bool:
         """True when the schedulable nodes' free capacity cannot cover it: the gang cannot fit, no need to
@@ -289,13 +312,18 @@ class _Need:
         return int((free >= 1000).sum()) < self.whole_gpus or int(free.sum()) < self.gpu_milli
 
 
-def _check(scheduler: Scheduler, gang: GangInfo, need: _Need) -> GangResult | None:
-    """The gang's placement if it fits as things are, else None; the capacity bound first, as most reprieve
-    checks that fail fail on it."""
-    if need.exceeds(scheduler.state):
+def _check(scheduler: Scheduler, need: _Need, book: _Placement | None) -> _Placement | None:
+    """A placement of the gang as things are, else None: `book` repaired if given, else (or if that fails) the
+    capacity bound, as most checks that fail fail on it, and last the gang placed anew."""
+    if book is not None:
+        repaired = book.repaired(scheduler)
+        if repaired is not None:
+            return repaired
+    state, gang = scheduler.state, need.gang
+    if need.exceeds(state):
         return None
     fit = _fits(scheduler, gang)
-    return fit if fit.ok else None
+    return _Placement(state, gang, fit.placed) if fit.ok else None
 
 
 def _fits(scheduler: Scheduler, gang: GangInfo) -> GangResult:
@@ -303,9 +331,9 @@ def _fits(scheduler: Scheduler, gang: GangInfo) -> GangResult:
         return scheduler.schedule_gang(gang)
 
 
-def _release(state, u: Unit) -> None:
+def _release(state, u: Unit, saved: dict[str, Assignment]) -> None:
     for k in u.pods:
-        state.release(k)
+        saved[k] = state.release(k)
 
 
 def _restore(state, u: Unit, saved: dict[str, Assignment]) -> None:
