@@ -463,6 +463,15 @@ class DevCluster:
         cfg = config if config is not None else self._scheduler_config(name, coscheduling=False)
         return self._start_scheduler(self.binaries.kube_scheduler, f"kube-scheduler-{name}", cfg, qps, burst, timeout)
 
+    def start_kube_scheduler_with_extender(self, name: str, url: str, timeout: float = 60.0,
+                                           **extender: Any) -> ProcessHandle:
+        """The stock kube-scheduler with profile `name` calling `gangsched extender` at `url` for filter,
+        prioritize, bind and preempt (`extender`: options of `gangsched.extender.run.scheduler_config`, e.g.
+        ca_file/cert_file/key_file for HTTPS, node_cache_capable)."""
+        from gangsched.extender.run import scheduler_config
+
+        return self.start_kube_scheduler(name, config=scheduler_config(name, url, **extender), timeout=timeout)
+
     def start_coscheduler(self, name: str = "coscheduler", qps: float | None = None, burst: int | None = None,
                           config: dict[str, Any] | Path | str | None = None, timeout: float = 60.0) -> ProcessHandle:
         """Run the scheduler-plugins scheduler with the Coscheduling plugin as profile `name` (or with `config`, e.g.

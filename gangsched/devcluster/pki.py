@@ -138,3 +138,37 @@ def generate(dir: Path, service_ip: str = "10.0.0.1") -> Pki:
     _write(pki.sa_key, _key_pem(sa_key), private=True)
     _write(pki.sa_pub, sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
     return pki
+
+
+@dataclass(frozen=True)
+class TlsPair:
+    """A CA, a serving certificate for 127.0.0.1/localhost and a client certificate it signed (PEM files)."""
+
+    ca: Path
+    server_crt: Path
+    server_key: Path
+    client_crt: Path
+    client_key: Path
+
+
+def generate_tls(dir: Path, name: str = "gangsched-extender") -> TlsPair:
+    """Certificates for a loopback HTTPS server with client authentication (the extender and kube-scheduler's
+    `tlsConfig`)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    dir.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    pair = TlsPair(dir / "ca.crt", dir / "server.crt", dir / "server.key", dir / "client.crt", dir / "client.key")
+    ca_key = _key()
+    ca_name = _name(f"{name}-ca")
+    _write(pair.ca, _cert(ca_name, ca_key, ca_name, ca_key, ca=True).public_bytes(pem))
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    for crt, key_path, cn, usage, alt in ((pair.server_crt, pair.server_key, name, ExtendedKeyUsageOID.SERVER_AUTH,
+                                           sans), (pair.client_crt, pair.client_key, f"{name}-client",
+                                                   ExtendedKeyUsageOID.CLIENT_AUTH, None)):
+        key = _key()
+        _write(crt, _cert(_name(cn), key, ca_name, ca_key, sans=alt, usage=[usage]).public_bytes(pem))
+        _write(key_path, _key_pem(key), private=True)
+    return pair
