@@ -220,3 +220,61 @@ def ensure_binaries(progress: Progress = print) -> Binaries:
         _build_kwok(kwok_dir, progress)
     return Binaries(etcd=etcd_dir / "etcd", kube_apiserver=k8s / "kube-apiserver",
                     kube_scheduler=k8s / "kube-scheduler", coscheduler=k8s / "coscheduler", kwok=kwok_dir / "kwok")
+
+
+# ---- tools beside the control plane: Prometheus + promtool (metrics tests), helm (chart tests) -------------------
+# Separate products with their own module directories and cache keys, so the control-plane caches stay valid.
+PROMBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prombin"
+HELMBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "helmbin"
+PROM_PACKAGES = {"github.com/prometheus/prometheus/cmd/prometheus": "prometheus",
+                 "github.com/prometheus/prometheus/cmd/promtool": "promtool"}
+HELM_PACKAGES = {"helm.sh/helm/v3/cmd/helm": "helm"}
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    prometheus: Path
+    promtool: Path
+
+
+def _ensure_tool(src: Path, name: str, module: str, packages: dict[str, str], stamp: Callable[[str], str],
+                 progress: Progress) -> Path:
+    """The cache directory holding `packages` built from the module in `src`, building them on first use."""
+    if not (src / "go.mod").exists():
+        raise BinariesError(f"{src}/go.mod is missing: run from a gangsched source checkout")
+    version = _pinned_version((src / "go.mod").read_text(), module)
+    dest = module_cache_dir(src, name, version)
+    if all((dest / f).is_file() for f in packages.values()):
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    go = go_binary()
+    progress(f"building {', '.join(packages.values())} from {module} {version} (first run only, several minutes; "
+             f"cached in {dest})")
+    tmp = _make_tmp(dest)
+    try:
+        cmd = [str(go), "build", "-trimpath", f"-ldflags=-s -w {stamp(version)}", "-o", f"{tmp}/", *packages]
+        _run_with_heartbeat(cmd, src, _go_env(go), f"{name} {version}", progress,
+                            dest.parent / f"{dest.name}.build.log")
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _prometheus_version(module_version: str) -> str:
+    """Prometheus 3.x.y is tagged v0.30x.y for Go modules: v0.307.3 is Prometheus 3.7.3."""
+    m = re.match(r"v0\.3(\d\d)\.(\d+)", module_version)
+    return f"3.{int(m[1])}.{m[2]}" if m else module_version.lstrip("v")
+
+
+def ensure_prometheus(progress: Progress = print) -> Prometheus:
+    dest = _ensure_tool(PROMBIN_DIR, "prometheus", "github.com/prometheus/prometheus", PROM_PACKAGES,
+                        lambda v: f"-X github.com/prometheus/common/version.Version={_prometheus_version(v)}",
+                        progress)
+    return Prometheus(dest / "prometheus", dest / "promtool")
+
+
+def ensure_helm(progress: Progress = print) -> Path:
+    dest = _ensure_tool(HELMBIN_DIR, "helm", "helm.sh/helm/v3", HELM_PACKAGES,
+                        lambda v: f"-X helm.sh/helm/v3/internal/version.version={v}", progress)
+    return dest / "helm"

@@ -13,7 +13,7 @@ import time
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gangsched.core import Scheduler
 from gangsched.live import informer as inf
@@ -23,6 +23,7 @@ from gangsched.live.events import EventRecorder
 from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import NOT_LEADER, ApiError, KubeClient
 from gangsched.live.leader import LeaderElector
+from gangsched.live.metrics import registry_for
 from gangsched.live.podgroups import StatusWriter
 from gangsched.live.ports import Recorder
 from gangsched.live.preemption import ApiEvictor, Preemptor
@@ -139,20 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve_health(sched: LiveScheduler, port: int) -> ThreadingHTTPServer:
-    registry = CollectorRegistry()
-    for name, doc in (("gangs_scheduled", "gangs placed whole"), ("pods_bound", "bindings that succeeded"),
-                      ("bind_errors", "bindings that failed (retried or given up)"), ("cycles", "scheduling cycles")):
-        Gauge(f"gangsched_{name}_total", doc, registry=registry).set_function(lambda n=name: sched.stats[n])
-    Gauge("gangsched_evicted_total", "pods deleted from incomplete gangs", registry=registry).set_function(
-        lambda: sched.giveback.evicted)
-    Gauge("gangsched_preemption_victims_total", "pods evicted to make room for a higher-priority gang",
-          registry=registry).set_function(lambda: sched.preemptor.evicted if sched.preemptor else 0)
-    Gauge("gangsched_inexact_accounting_total", "bound pods accounted conservatively (not exactly as asked)",
-          registry=registry).set_function(lambda: sched.cache.stats["inexact"])
-    Gauge("gangsched_pending_pods", "pods waiting to be scheduled", registry=registry).set_function(
-        lambda: sum(len(g.pending) for g in list(sched.cache.gangs.values())))
-    Gauge("gangsched_bindings_in_flight", "bindings posted, no answer yet", registry=registry).set_function(
-        lambda: len(sched.binding))
+    registry = registry_for(sched)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

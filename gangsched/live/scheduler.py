@@ -28,6 +28,7 @@ from gangsched.live.binder import BIND, BindOutcome, BindRequest
 from gangsched.live.cache import Cache, GangKey, GangView
 from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import NOT_LEADER
+from gangsched.live.metrics import SchedulerMetrics
 from gangsched.live.podgroups import PODGROUP_API, group_status
 from gangsched.live.ports import BindSink, Recorder, StatusSink
 from gangsched.live.preemption import Preemptor
@@ -56,7 +57,8 @@ class LiveScheduler:
     def __init__(self, cache: Cache, core: Scheduler, profile: Profile, binder: BindSink, recorder: Recorder,
                  status: StatusSink, giveback: GiveBack, *, clock: Callable[[], float] = time.time,
                  max_backoff: float = 10.0, events: queue.Queue | None = None, preemptor: Preemptor | None = None,
-                 informers: Callable[[queue.Queue, threading.Event], list] | None = None):
+                 informers: Callable[[queue.Queue, threading.Event], list] | None = None,
+                 metrics: SchedulerMetrics | None = None):
         self.cache, self.core, self.profile = cache, core, profile
         self.binder, self.recorder, self.status, self.giveback = binder, recorder, status, giveback
         self.clock, self.max_backoff, self.preemptor = clock, max_backoff, preemptor
@@ -72,6 +74,7 @@ class LiveScheduler:
         self.workload_refresh = 30.0
         self.alive_at = time.monotonic()
         self.stats: Counter[str] = Counter()
+        self.metrics = metrics or SchedulerMetrics(profile=profile.name)
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,6 +128,7 @@ class LiveScheduler:
         run_pass(self.core, self.queue, now, ready=self._ready, on_result=self._on_result,
                  holds=self.preemptor.holds if self.preemptor else None)
         self._flush_status()
+        self.metrics.refresh(self.cache, self.core.ctx.workload)
 
     def shutdown(self) -> None:
         """Finish the bindings of gangs already placed (never leave one half-bound), then stop."""
@@ -167,6 +171,12 @@ class LiveScheduler:
                     self._tell(view, self.tracks.setdefault(gkey, Track()), view.problem)
 
     def _ready(self, gang: GangInfo) -> Status | None:
+        waits = self._waits(gang)
+        if waits is None:
+            self.metrics.attempt_started()  # run_pass calls schedule_gang next
+        return waits
+
+    def _waits(self, gang: GangInfo) -> Status | None:
         track = self.tracks.get(gang.key)  # type: ignore[arg-type]
         if track is None or track.last is None:
             return None
@@ -180,9 +190,14 @@ class LiveScheduler:
         gkey: GangKey = gang.key  # type: ignore[assignment]
         track = self.tracks.setdefault(gkey, Track())
         self.stats[f"attempts_{result.code.name.lower()}"] += 1
+        self.metrics.attempt_done(result.code)
+        evicted = self.preemptor.evicted if self.preemptor else 0
         said = self.preemptor.settle(gang, result) if self.preemptor else None
+        if self.preemptor:
+            self.metrics.preempted(self.preemptor.evicted - evicted)
         if result.ok:
             self.stats["gangs_scheduled"] += 1
+            self.metrics.gang_placed(gkey, [a.pod_key for a in result.placed], gang.enqueued)
             for a in result.placed:
                 self.cache.assume(a)
                 info = self.cache.pods[a.pod_key]
@@ -232,6 +247,7 @@ class LiveScheduler:
             # 409: an earlier attempt whose answer we lost did bind it; the watch re-accounts it if elsewhere
             del self.binding[key]
             self.stats["pods_bound"] += 1
+            self.metrics.binding_done(req.gang, key, ok=True)  # type: ignore[arg-type]
             info = self.cache.pods.get(key)
             if info is not None and err is None:
                 self.recorder.record(info.obj, "Pod", "Scheduled", f"Successfully assigned {key} to {req.node}",
@@ -239,6 +255,7 @@ class LiveScheduler:
             return
         if err.reason == NOT_LEADER or self.stop.is_set():
             del self.binding[key]  # we no longer lead (or are stopping): the next leader finishes the gang
+            self.metrics.binding_done(req.gang, key, ok=False)  # type: ignore[arg-type]
             return
         self.stats["bind_errors"] += 1
         if err.retriable and req.attempt + 1 < BIND_RETRIES:
@@ -248,6 +265,7 @@ class LiveScheduler:
             return
         log.warning("binding %s to %s failed: %s", key, req.node, err)
         del self.binding[key]
+        self.metrics.binding_done(req.gang, key, ok=False)  # type: ignore[arg-type]
         self.cache.forget(key)
         self.cache.dirty.discard(req.gang)  # type: ignore[arg-type]  # re-queued here, to wait out a backoff
         track = self.tracks.setdefault(req.gang, Track())  # type: ignore[arg-type]
