@@ -248,6 +248,8 @@ class DevCluster:
             # The loopback advertise address is invalid in Endpoints; nothing in-cluster needs the kubernetes service.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true", "--profiling=false", "--v=1",
+            # pods/log of the kubelet node (kubeletnode.py): its host name does not resolve, its IP does
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
         ], self.state_dir, api_port)
         if wait:
             self._wait_ready(timeout)
