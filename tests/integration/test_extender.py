@@ -182,7 +182,7 @@ def test_a_member_kube_scheduler_rejects_keeps_the_whole_gang_unbound(cluster: C
     cluster.c.request("POST", f"/api/v1/namespaces/{cluster.ns}/pods", blocker)
     setup.extender()
     setup.kube_scheduler()
-    names = gang(cluster, setup, "g", 3)
+    names = gang(cluster, setup, "g", 3, min_member=4)
     body = {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "g-3", "namespace": cluster.ns, "labels": {"scheduling.x-k8s.io/pod-group": "g"}},
             "spec": {"schedulerName": setup.name, "nodeSelector": {"gangsched.test/ns": cluster.ns},
