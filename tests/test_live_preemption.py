@@ -3,7 +3,7 @@ its victims terminate, nothing evicted in vain, and nominations that survive a r
 
 from __future__ import annotations
 
-from livekit import T0, Live, node, pod, podgroup
+from livekit import T0, Live, node, pod, podgroup, stamp
 
 HIGH = {"priority": 1000}
 
@@ -119,3 +119,24 @@ def test_preemption_policy_never_and_equal_priority_evict_nothing() -> None:
     live.cycle()
     assert live.evictions.evicted == []
     assert "preemptionPolicy: Never" in live.events.of("never", "FailedScheduling")[-1]
+
+
+def test_victims_a_disruption_budget_protects_are_spared_when_others_will_do() -> None:
+    live = Live("binpack", preemption=True)
+    live.put("nodes", node("n0", gpus=4))
+    live.put("nodes", node("n1", gpus=4))
+    # the guarded pods started last: without the budget they would go first (the least work lost)
+    for name, n, started in (("guarded", "n0", T0 - 10), ("plain", "n1", T0 - 50)):
+        for i in range(4):
+            p = pod(f"{name}-{i}", priority=0, node_name=n, scheduler="other", phase="Running")
+            p["metadata"]["labels"]["app"] = name
+            p["status"]["startTime"] = stamp(started)
+            live.put("pods", p)
+    live.put("pdbs", {"metadata": {"name": "guard", "namespace": "default"},
+                      "spec": {"selector": {"matchLabels": {"app": "guarded"}}}, "status": {"disruptionsAllowed": 1}})
+    live.put("podgroups", podgroup("high", 4))
+    for i in range(4):
+        live.put("pods", pod(f"high-{i}", group="high", **HIGH))
+    live.cycle()
+    evicted = sorted(live.evictions.evicted)
+    assert len(evicted) == 4 and len([k for k in evicted if "guarded" in k]) == 1  # the budget allows one

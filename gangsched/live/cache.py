@@ -21,6 +21,7 @@ import numpy as np
 
 from gangsched.framework import GangInfo
 from gangsched.live import informer as inf
+from gangsched.live.budgets import Budgets
 from gangsched.live.translate import (
     GPU_MODELS_ANNOTATION,
     demand_from,
@@ -120,6 +121,7 @@ class Cache:
         self.min_known: dict[str, int] = {}  # last valid minMember per group: outlives the group's deletion
         self.group_members: dict[str, set[str]] = {}  # PodGroup key -> keys of pods naming it
         self.priority_classes: dict[str, int] = {}
+        self.budgets = Budgets()  # PodDisruptionBudgets: preemption prefers victims that violate none
         self.global_default: str | None = None  # the PriorityClass with globalDefault: true
         self.gangs: dict[GangKey, Gang] = {}
         self.assumed: dict[str, str] = {}  # pod key -> node, binding in flight
@@ -150,6 +152,8 @@ class Cache:
             self._groups_event(typ, obj)
         elif kind == "priorityclasses":
             self._classes_event(typ, obj)
+        elif kind == "pdbs":
+            self.budgets.apply(typ, obj)
 
     def _nodes_event(self, typ: str, obj) -> None:
         items = obj if typ == inf.SYNC else [obj]
@@ -533,16 +537,24 @@ class Cache:
             if info is None or not info.active or info.deleting or key in self.assumed:
                 continue
             groups.setdefault(info.group or f"pod:{key}", []).append(info)
+        below = {ref: members for ref, members in groups.items() if max(map(self.priority, members)) < priority}
+        violating = self._violating(below) if self.budgets.by_ns else set()
         out = []
-        for ref, members in groups.items():
-            prio = max(self.priority(p) for p in members)
-            if prio >= priority:
-                continue
+        for ref, members in below.items():
             group = self.groups.get(ref)
             elastic = group.min_member if isinstance(group, PodGroup) and len(members) > group.min_member else None
             members.sort(key=lambda p: (p.started, p.key))  # the most recently started go first
-            out.append(Running(ref, tuple(p.key for p in members), prio, min(p.started for p in members), elastic))
+            out.append(Running(ref, tuple(p.key for p in members), max(map(self.priority, members)),
+                               min(p.started for p in members), elastic, sum(p.key in violating for p in members)))
         return out
+
+    def _violating(self, groups: dict[str, list[PodInfo]]) -> set[str]:
+        """The candidates whose eviction would violate a PodDisruptionBudget, the most important (higher
+        priority, then started earlier) using the budgets up first, as kube-scheduler ranks them."""
+        pods = sorted((p for members in groups.values() for p in members),
+                      key=lambda p: (-self.priority(p), p.started, p.key))
+        return self.budgets.violating([(p.key, p.key.partition("/")[0], p.obj["metadata"].get("labels") or {})
+                                       for p in pods])
 
     def succeeded(self, group_key: str) -> int:
         return sum(1 for k in self.group_members.get(group_key, ()) if k in self.pods

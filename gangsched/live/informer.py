@@ -23,7 +23,7 @@ SYNC = "SYNC"
 
 @dataclass(frozen=True)
 class Resource:
-    kind: str  # our short name: pods, nodes, podgroups, priorityclasses
+    kind: str  # our short name: pods, nodes, podgroups, priorityclasses, pdbs
     path: str  # the collection's path, all namespaces
     optional: bool = False  # absent API (e.g. the PodGroup CRD not installed): wait for it, do not fail
 
@@ -32,6 +32,7 @@ PODS = Resource("pods", "/api/v1/pods")
 NODES = Resource("nodes", "/api/v1/nodes")
 PODGROUPS = Resource("podgroups", "/apis/scheduling.x-k8s.io/v1alpha1/podgroups", optional=True)
 PRIORITY_CLASSES = Resource("priorityclasses", "/apis/scheduling.k8s.io/v1/priorityclasses")
+PDBS = Resource("pdbs", "/apis/policy/v1/poddisruptionbudgets")  # preemption's victim ranking
 
 
 class Informer:
@@ -99,6 +100,6 @@ class Informer:
 
 
 def start_informers(client: KubeClient, out: queue.Queue, stop: threading.Event,
-                    resources: tuple[Resource, ...] = (NODES, PODS, PODGROUPS, PRIORITY_CLASSES),
+                    resources: tuple[Resource, ...] = (NODES, PODS, PODGROUPS, PRIORITY_CLASSES, PDBS),
                     **kwargs: Any) -> list[Informer]:
     return [Informer(client, r, out, stop, **kwargs).start() for r in resources]

@@ -91,8 +91,10 @@ class Preemptor:
                 self.recorder.record(info.obj, "Pod", "Preempted", why)
         self.holding[gkey] = Hold(frozenset(found.victim_pods), self.clock() + self.hold_seconds)
         gangs = sorted({_label(str(u.gang.key)) for u in found.victims})
+        past = sum(u.gang.pdb_violations for u in found.victims if u.whole)
+        budgets = f", {past} of them past a PodDisruptionBudget" if past else ""
         return Status(Code.UNSCHEDULABLE, f"{result.message()}; preempting {len(found.victim_pods)} pod(s) of "
-                                          f"{', '.join(gangs)} (lower priority) to make room")
+                                          f"{', '.join(gangs)} (lower priority){budgets} to make room")
 
     def forget(self, gkey: GangKey) -> None:
         self.holding.pop(gkey, None)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from gangsched.live.translate import POD_GROUP_LABEL
 from tests.integration.live import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -114,3 +115,21 @@ def test_killed_between_eviction_and_binding(cluster: Cluster, start_scheduler, 
         cluster.force_delete(p["metadata"]["name"])
     wait_for(lambda: len(cluster.bound("high-")) == 6, 30, what="the preemptor bound whole after the restart")
     cluster.gpu_use_ok()
+
+
+def test_a_disruption_budget_steers_the_choice(cluster: Cluster, start_scheduler, priorities):
+    # Unguarded, one 4-pod gang would go rather than two 2-pod gangs (fewer victim gangs); a PodDisruptionBudget
+    # over it (no disruption controller here, so its status allows 0 disruptions) ranks above that.
+    cluster.add_nodes(2, gpus=4, kwok=False)
+    cluster.c.request("POST", f"/apis/policy/v1/namespaces/{cluster.ns}/poddisruptionbudgets", {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "guard"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {POD_GROUP_LABEL: "guarded"}}}})
+    start_scheduler("--profile", "binpack")
+    for name, n in (("guarded", 4), ("plain-a", 2), ("plain-b", 2)):
+        cluster.podgroup(name, n)
+        for i in range(n):
+            cluster.pod(f"{name}-{i}", gpus=1, group=name, priority_class=priorities["low"], grace=30)
+    wait_for(lambda: len(cluster.bound()) == 8, 30, what="the low gangs bound")
+    high_gang(cluster, priorities["high"], 4)
+    wait_for(lambda: len(terminating(cluster, "plain-")) == 4, 30, what="both plain gangs evicted")
+    assert not terminating(cluster, "guarded-")
