@@ -21,9 +21,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gangsched import demo
+    from gangsched import demo, status
     from gangsched.devcluster import cli as devcluster
-    from gangsched.extender import run as extender
     from gangsched.deviceplugin import cli as deviceplugin
     from gangsched.extender import run as extender
     from gangsched.live import run
@@ -39,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     deviceplugin.add_arguments(sub.add_parser("device-plugin", help="the kubelet GPU device plugin that hands "
                                               "containers the GPUs gangsched picked (a DaemonSet)"))
     extender.add_arguments(sub.add_parser("extender", help="gang scheduling inside kube-scheduler, as its extender"))
-    extender.add_arguments(sub.add_parser("extender", help="gang scheduling inside kube-scheduler, as its extender"))
     devcluster.add_arguments(sub.add_parser("devcluster", help="a local control plane: etcd, kube-apiserver, KWOK"))
+    status.add_arguments(sub.add_parser("status", help="waiting gangs (queue position, reason), running gangs and "
+                                        "the GPU map, from the API server (also `kubectl gangsched`)"))
     demo.add_arguments(sub.add_parser("demo", help="two 4-worker TF jobs on 6 GPUs: gangsched vs kube-scheduler"))
     return parser
 

@@ -32,8 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     down.set_defaults(run=run_down)
     with_dir(sub.add_parser("status", help="print the cluster's processes and readiness as JSON")).set_defaults(
         run=run_status)
-    sub.add_parser("build", help="build (or find cached) kube-apiserver, kube-scheduler, coscheduler and kwok"
-                   ).set_defaults(run=run_build)
+    build = sub.add_parser("build", help="build (or find cached) kube-apiserver, kube-scheduler, coscheduler and "
+                           "kwok")
+    build.add_argument("--tools", action="store_true",
+                       help="also Prometheus, promtool and helm (the metrics and chart tests use them)")
+    build.set_defaults(run=run_build)
 
 
 def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -50,8 +53,12 @@ def _errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 @_errors
 def run_build(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    b = ensure_binaries()
-    for name, path in vars(b).items():
+    paths = dict(vars(ensure_binaries()))
+    if getattr(args, "tools", False):
+        from gangsched.devcluster.binaries import ensure_helm, ensure_prometheus
+
+        paths |= vars(ensure_prometheus()) | {"helm": ensure_helm()}
+    for name, path in paths.items():
         print(f"{name:15s} {path}")
     print(f"ready in {time.monotonic() - t0:.1f} s")
     return 0
