@@ -42,12 +42,13 @@ class Running:
     priority: int
     started: float = 0.0
     min_member: int | None = None
-    pdb_violations: int = 0  # PodDisruptionBudgets evicting it whole would violate
+    pdb_violations: int = 0  # its pods whose eviction would go past a PodDisruptionBudget
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Unit:
-    """What is evicted together: a whole gang, or one member above an elastic gang's minMember."""
+    """What is evicted together: a whole gang, or one member above an elastic gang's minMember. Compared by
+    identity: the search keeps sets of units, and each unit is made once."""
 
     gang: Running
     pods: tuple[str, ...]
