@@ -312,3 +312,17 @@ def test_extender_verbs_round_trip_through_the_wire_types():
     text = ext.metrics.registry.get_sample_value(
         "gangsched_extender_request_duration_seconds_count", {"verb": "filter"})
     assert text == 1.0
+
+
+def test_members_turned_away_are_called_back_when_their_gang_is_placed():
+    book, _, _ = make()
+    nudged: list[tuple[str, str]] = []
+    book.book.nudge = lambda obj, message: nudged.append((obj["metadata"]["name"], message))
+    add(book, podgroup("g", 3))
+    pods = members(book, "g", 2)
+    for p in pods:
+        assert not book.filter(info(book, p), NAMES).nodes  # incomplete: kube-scheduler holds them back
+    last = add(book, pod("g-2", group="g", scheduler=SCHED))[0]
+    assert book.filter(info(book, last), NAMES).nodes
+    assert sorted(n for n, _ in nudged) == ["g-0", "g-1"]  # not g-2, which is being scheduled right now
+    assert all("is placed whole on" in m for _, m in nudged)

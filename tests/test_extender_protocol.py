@@ -77,3 +77,22 @@ def test_scheduler_config_has_the_extenders_stanza():
     assert {ext[v] for v in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb")} == {
         "filter", "prioritize", "bind", "preempt"}
     assert cfg["profiles"] == [{"schedulerName": "gs"}] and cfg["percentageOfNodesToScore"] == 100
+
+
+def test_deploy_config_matches_the_generated_stanza_and_the_configmap():
+    import yaml
+
+    from tests.test_deploy_manifests import DEPLOY
+
+    shipped = yaml.safe_load((DEPLOY / "extender" / "kube-scheduler-config.yaml").read_text())
+    (ext,) = shipped["extenders"]
+    generated = scheduler_config("gangsched-extender", "https://127.0.0.1:8888")["extenders"][0]
+    assert {k: v for k, v in ext.items() if k != "tlsConfig"} == {k: v for k, v in generated.items()}
+    assert ext["ignorable"] is False and ext["nodeCacheCapable"] is True
+    docs = list(yaml.safe_load_all((DEPLOY / "extender" / "kube-scheduler.yaml").read_text()))
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert yaml.safe_load(cm["data"]["config.yaml"]) == shipped
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    containers = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
+    args = containers["extender"]["args"]
+    assert "--scheduler-name=gangsched-extender" in args and "--port=8888" in args

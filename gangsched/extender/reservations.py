@@ -46,6 +46,10 @@ from gangsched.result import Code
 log = logging.getLogger(__name__)
 
 PostBinding = Callable[[BindRequest], "ApiError | None"]
+# Tell kube-scheduler to try a pod again: any update to a pod it keeps as unschedulable because an extender
+# turned it down re-queues it (kube-scheduler registers the "Extender" rejector for every event), else it would
+# wait for an unrelated cluster event or the 5-minute flush. Called under the lock: must not block.
+Nudge = Callable[[dict, str], None]
 
 
 @dataclass
@@ -62,8 +66,10 @@ class Reservation:
 class Book:
     def __init__(self, cache: Cache, core: Scheduler, profile: Profile, post: PostBinding, *,
                  preemptor: Preemptor | None = None, clock: Callable[[], float] = time.time, ttl: float = 30.0,
-                 bind_wait: float = 15.0, bind_retries: int = 3):
+                 bind_wait: float = 15.0, bind_retries: int = 3, nudge: Nudge | None = None):
         self.cache, self.core, self.profile, self.post, self.preemptor = cache, core, profile, post, preemptor
+        self.nudge = nudge or (lambda pod, message: None)
+        self.refused: set[str] = set()  # pods we sent away with no node: kube-scheduler holds them back
         self.clock, self.ttl, self.bind_wait, self.bind_retries = clock, ttl, bind_wait, bind_retries
         self.lock = threading.Condition(threading.RLock())
         self.reservations: dict[GangKey, Reservation] = {}
@@ -86,6 +92,7 @@ class Book:
         now = self.clock()
         self.cache.refresh_nodes()
         self.cache.take_dirty()  # kube-scheduler owns the queue: nothing here re-queues gangs
+        self.refused &= self.cache.pods.keys()
         for gkey, res in list(self.reservations.items()):
             self._settle(gkey, res, now)
         if self.preemptor is not None:
@@ -100,6 +107,7 @@ class Book:
         res.pods -= lost
         for k in bound | lost:
             self.offered.pop(k, None)
+            self.refused.discard(k)
         if not res.pods:
             del self.reservations[gkey]
         elif lost and not res.open:
@@ -139,6 +147,12 @@ class Book:
         return info
 
     def filter(self, info: PodInfo, names: list[str]) -> FilterVerdict:
+        verdict = self._filter(info, names)
+        if not verdict.nodes and not verdict.error and info.gang is not None:
+            self.refused.add(info.key)
+        return verdict
+
+    def _filter(self, info: PodInfo, names: list[str]) -> FilterVerdict:
         key, gkey = info.key, info.gang
         if gkey is None:  # not our scheduler name: kube-scheduler's profile and ours disagree; no opinion
             return FilterVerdict(nodes=list(names))
@@ -179,6 +193,10 @@ class Book:
             for a in result.placed:
                 self.cache.assume(a)
                 res.pods.add(a.pod_key)
+                if a.pod_key in self.refused and a.pod_key != key:  # turned away earlier: call it back now
+                    self.refused.discard(a.pod_key)
+                    self.nudge(self.cache.pods[a.pod_key].obj, f"{gkey} is placed whole on {a.node_name}")
+            self.refused.discard(key)
             node = self.cache.assumed.get(key)
             if node is not None and node in offered:
                 return FilterVerdict.only(node)

@@ -13,6 +13,7 @@ import queue
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from gangsched.extender.server import Extender, serve
 from gangsched.live import informer as inf
 from gangsched.live.binder import BindRequest, binding_body
 from gangsched.live.cache import Cache
-from gangsched.live.kube import ApiError, KubeClient
+from gangsched.live.kube import ApiError, KubeClient, now_rfc3339
 from gangsched.live.preemption import ApiEvictor, Preemptor
 from gangsched.live.run import NoEvents
 from gangsched.profile import Profile, load_profile
@@ -31,6 +32,7 @@ from gangsched.state import ClusterState
 log = logging.getLogger("gangsched.extender")
 
 GPU = "nvidia.com/gpu"
+REQUEUE_CONDITION = "gangsched.io/GangPlaced"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,7 +79,25 @@ def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "defaul
         except ApiError as e:
             return e
 
-    return Book(cache, core, profile, post, preemptor=preemptor, ttl=ttl, bind_wait=bind_wait)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nudge")
+
+    def nudge(pod: dict, message: str) -> None:
+        pool.submit(requeue, client, pod, message)
+
+    return Book(cache, core, profile, post, preemptor=preemptor, ttl=ttl, bind_wait=bind_wait, nudge=nudge)
+
+
+def requeue(client: KubeClient, pod: dict, message: str) -> None:
+    """Touch the pod's status (a condition saying why) so kube-scheduler schedules it again now."""
+    meta = pod["metadata"]
+    condition = {"type": REQUEUE_CONDITION, "status": "True", "reason": "GangPlaced", "message": message,
+                 "lastTransitionTime": now_rfc3339()}
+    try:
+        client.request("PATCH", f"/api/v1/namespaces/{meta.get('namespace', 'default')}/pods/{meta['name']}/status",
+                       {"status": {"conditions": [condition]}}, content_type="application/strategic-merge-patch+json")
+    except ApiError as e:
+        if e.status != 404:
+            log.warning("re-queueing %s/%s failed: %s", meta.get("namespace"), meta["name"], e)
 
 
 def pump(book: Book, events: queue.Queue, stop: threading.Event, tick: float = 0.5) -> None:

@@ -14,12 +14,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gangsched.devcluster.cluster import free_ports
 from gangsched.devcluster.pki import generate_tls
 from tests.integration.live import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
+DEPLOY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "extender" / "kube-scheduler-config.yaml"
 
 
 class ExtenderProcess:
@@ -70,23 +72,30 @@ class Setup:
         self.schedulers: list = []
         self.tls = None
 
-    def extender(self, *extra: str) -> ExtenderProcess:
+    def extender(self, *extra: str, bind_wait: float = 15.0) -> ExtenderProcess:
         if self.tls is not None:
             extra = ("--tls-cert", str(self.tls.server_crt), "--tls-key", str(self.tls.server_key),
                      "--client-ca", str(self.tls.ca), *extra)
         p = ExtenderProcess(self.devcluster.kubeconfig, self.tmp / f"extender-{len(self.extenders)}.log", self.port,
-                            "--scheduler-name", self.name, "--health-port", str(self.health), "--bind-wait", "5",
-                            *extra)
+                            "--scheduler-name", self.name, "--health-port", str(self.health),
+                            "--bind-wait", str(bind_wait), *extra)
         self.extenders.append(p)
         p.wait_healthy(self.health)
         return p
 
     def kube_scheduler(self) -> None:
-        scheme = "https" if self.tls is not None else "http"
-        tls = {} if self.tls is None else {"ca_file": str(self.tls.ca), "cert_file": str(self.tls.client_crt),
-                                           "key_file": str(self.tls.client_key)}
-        self.schedulers.append(self.devcluster.start_kube_scheduler_with_extender(
-            self.name, f"{scheme}://127.0.0.1:{self.port}", **tls))
+        if self.tls is None:
+            self.schedulers.append(self.devcluster.start_kube_scheduler_with_extender(
+                self.name, f"http://127.0.0.1:{self.port}"))
+            return
+        # with TLS, the shipped deploy/extender/kube-scheduler-config.yaml, pointed at this test's files
+        cfg = yaml.safe_load(DEPLOY_CONFIG.read_text())
+        cfg["profiles"][0]["schedulerName"] = self.name
+        (ext,) = cfg["extenders"]
+        ext["urlPrefix"] = f"https://127.0.0.1:{self.port}"
+        ext["tlsConfig"].update(caFile=str(self.tls.ca), certFile=str(self.tls.client_crt),
+                                keyFile=str(self.tls.client_key))
+        self.schedulers.append(self.devcluster.start_kube_scheduler(self.name, config=cfg))
 
     def plain_kube_scheduler(self, name: str) -> None:
         self.schedulers.append(self.devcluster.start_kube_scheduler(name))
@@ -137,6 +146,10 @@ def test_a_gang_is_bound_all_or_nothing_over_mutual_tls(cluster: Cluster, setup:
     wait_for(lambda: len(cluster.bound("g-")) == 4, 30, what="the gang bound")
     use = cluster.gpu_use_ok()  # every bound GPU pod carries its devices; none handed out twice
     assert sorted(len(d) for d in use.values()) == [4, 4]
+    with urllib.request.urlopen(f"http://127.0.0.1:{setup.health}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'gangsched_extender_request_duration_seconds_count{verb="filter"}' in metrics
+    assert "gangsched_extender_pods_bound_total 4.0" in metrics
 
 
 def test_interleaved_gangs_one_whole_the_other_none(cluster: Cluster, setup: Setup):
@@ -180,7 +193,7 @@ def test_a_member_kube_scheduler_rejects_keeps_the_whole_gang_unbound(cluster: C
                "spec": {"nodeName": nodes[0], "terminationGracePeriodSeconds": 0,
                         "containers": [{"name": "main", "image": "busybox"}]}}
     cluster.c.request("POST", f"/api/v1/namespaces/{cluster.ns}/pods", blocker)
-    setup.extender()
+    setup.extender(bind_wait=5)
     setup.kube_scheduler()
     names = gang(cluster, setup, "g", 3, min_member=4)
     body = {"apiVersion": "v1", "kind": "Pod",
