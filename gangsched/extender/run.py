@@ -181,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
-    server.shutdown()
+    server.shutdown()  # no new calls; bindings already being posted finish (a gang is never left half-bound)
+    with book.lock:
+        deadline = time.monotonic() + args.request_timeout
+        while book.posting and time.monotonic() < deadline:
+            book.lock.wait(0.1)
     log.info("stopped: %s", dict(book.stats))
     return 0
