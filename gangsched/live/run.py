@@ -110,29 +110,44 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.health_port:
         serve_health(sched, args.health_port)
-    elector, renewer, renew_stop = None, None, threading.Event()
+    elector, renew_stop = None, threading.Event()
+    leading: threading.Event | None = None
+    renewers: list[threading.Thread] = []
+    campaign: threading.Thread | None = None
     if args.leader_elect:
         identity = f"{socket.gethostname()}_{os.getpid()}"
         elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity)
         client.fence = elector.holds  # from now on nothing is written unless we hold the lease
-        if not elector.acquire(sched.stop):
-            return 0
+        leading = threading.Event()
 
         def lost() -> None:
             nonlocal exit_code
             exit_code = 1  # as kube-scheduler does: a replica that lost the lease exits and is restarted
             sched.stop.set()
 
-        # its own stop event: renewals go on while the bindings in flight drain after SIGTERM
-        renewer = elector.keep_renewing(renew_stop, lost)
-    log.info("scheduling pods with schedulerName=%s, profile %s", args.scheduler_name, profile.name)
-    sched.run()
+        def campaign_for_lease() -> None:
+            if not elector.acquire(sched.stop):
+                sched.stop.set()
+                return
+            # its own stop event: renewals go on while the bindings in flight drain after SIGTERM
+            renewers.append(elector.keep_renewing(renew_stop, lost))
+            log.info("leading: scheduling pods with schedulerName=%s", args.scheduler_name)
+            leading.set()
+
+        campaign = threading.Thread(target=campaign_for_lease, name="leader-election")
+        campaign.start()
+    log.info("profile %s; %s", profile.name, "standby until leading" if leading else
+             f"scheduling pods with schedulerName={args.scheduler_name}")
+    sched.start()  # informers first, leader or not: a standby keeps its books and takes over at once
+    sched.run(leading)
+    if campaign is not None:
+        campaign.join()  # stop is set: it returns within a retry period
     sched.status.close()  # type: ignore[attr-defined]
     if isinstance(sched.recorder, EventRecorder):
         sched.recorder.flush()
-    if elector is not None and renewer is not None:
+    if elector is not None and renewers:
         renew_stop.set()
-        renewer.join()  # no renewal may land after the release
+        renewers[0].join()  # no renewal may land after the release
         if exit_code == 0:
             elector.release()
     log.info("stopped: %s", dict(sched.stats))

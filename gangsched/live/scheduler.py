@@ -73,6 +73,7 @@ class LiveScheduler:
         self._workload: tuple[set, float] | None = None  # the shapes FGD's workload was built from, and when
         self.workload_refresh = 30.0
         self.alive_at = time.monotonic()
+        self._synced_at = 0.0
         self.stats: Counter[str] = Counter()
         self.metrics = metrics or SchedulerMetrics(profile=profile.name)
 
@@ -85,15 +86,18 @@ class LiveScheduler:
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self.informers)
 
-    def run(self) -> None:
-        self.start()
+    def run(self, leading: threading.Event | None = None) -> None:
+        """The loop. With `leading`, a standby until it is set: the informers run and the books are kept (so a
+        replica taking over schedules at once), but nothing is scheduled."""
+        if not self.informers:
+            self.start()
         try:
             while not self.stop.is_set():
-                self.step()
+                self.step(schedule=leading is None or leading.is_set())
         finally:
             self.shutdown()
 
-    def step(self, wait: float = 0.05) -> None:
+    def step(self, wait: float = 0.05, schedule: bool = True) -> None:
         """Apply every queued event, then run one scheduling pass."""
         self.alive_at = time.monotonic()
         try:
@@ -103,7 +107,13 @@ class LiveScheduler:
                 item = self.events.get_nowait()
         except queue.Empty:
             pass
-        if self.synced:
+        if not self.synced:
+            return
+        if not self._synced_at:
+            self._synced_at = time.monotonic()
+            log.info("informers synced: %d nodes, %d pods, %d PodGroups", len(self.cache.nodes),
+                     len(self.cache.pods), len(self.cache.groups))
+        if schedule:
             self.cycle()
 
     def handle(self, kind: str, typ: str, obj) -> None:

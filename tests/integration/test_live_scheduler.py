@@ -205,6 +205,8 @@ def test_leader_election_one_active_replica(cluster: Cluster, start_scheduler, d
     time.sleep(1)
     assert _lease_holder(cluster, lease) == holder
     assert "became leader" not in second.output()
+    # a standby keeps its books (informers synced) without scheduling, so it takes over at once
+    wait_for(lambda: "informers synced" in second.output(), 20, what="the standby's informers synced")
     first.stop()  # a clean stop hands the lease over at once
     wait_for(lambda: "became leader" in second.output(), 20, what="the second replica to lead")
     cluster.pod("p1", gpus=1)
