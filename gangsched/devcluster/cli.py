@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--gpus-per-node", type=int, default=8)
     up.add_argument("--gpu-model", default="A100")
     up.add_argument("--racks", type=int, default=1, help="racks to spread the fake nodes over")
+    up.add_argument("--kubelet-nodes", type=int, choices=(0, 1), default=0,
+                    help="real kubelet nodes (containerd, runc, gangsched device-plugin with fake GPUs; root; one "
+                         "per machine; pods need hostNetwork and the gangsched.io/kubelet-node toleration)")
+    up.add_argument("--kubelet-gpus", type=int, default=8, help="fake GPUs of the kubelet node (default 8)")
     up.set_defaults(run=run_up)
     down = with_dir(sub.add_parser("down", help="stop the cluster and delete its state directory"))
     down.add_argument("--keep", action="store_true", help="keep the state directory (logs, etcd data)")
@@ -36,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "kwok")
     build.add_argument("--tools", action="store_true",
                        help="also Prometheus, promtool and helm (the metrics and chart tests use them)")
+    build.add_argument("--kubelet", action="store_true", help="also the kubelet (devcluster up --kubelet-nodes)")
     build.set_defaults(run=run_build)
 
 
@@ -58,6 +63,10 @@ def run_build(args: argparse.Namespace) -> int:
         from gangsched.devcluster.binaries import ensure_helm, ensure_prometheus
 
         paths |= vars(ensure_prometheus()) | {"helm": ensure_helm()}
+    if getattr(args, "kubelet", False):
+        from gangsched.devcluster.kubeletnode import ensure_kubelet
+
+        paths["kubelet"] = ensure_kubelet()
     for name, path in paths.items():
         print(f"{name:15s} {path}")
     print(f"ready in {time.monotonic() - t0:.1f} s")
@@ -80,6 +89,13 @@ def run_up(args: argparse.Namespace) -> int:
                              racks_per_zone=args.racks)
         print(f"created {args.nodes} fake GPU nodes ({args.gpus_per_node} x {args.gpu_model}) "
               f"in {time.monotonic() - t0:.1f} s")
+    if args.kubelet_nodes:
+        from gangsched.devcluster.kubeletnode import KubeletNode, ensure_kubelet
+
+        node = KubeletNode(cluster.kubeconfig, ensure_kubelet(), gpus=args.kubelet_gpus)
+        node.start(lock_timeout=0, detach=True)
+        (cluster.state_dir / "kubelet-node").write_text(node.name)
+        print(f"kubelet node {node.name} Ready with {args.kubelet_gpus} GPUs (logs in {node.base / 'logs'})")
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
 
@@ -87,6 +103,12 @@ def run_up(args: argparse.Namespace) -> int:
 @_errors
 def run_down(args: argparse.Namespace) -> int:
     cluster = DevCluster(args.dir)
+    marker = cluster.state_dir / "kubelet-node"
+    if marker.exists():
+        from gangsched.devcluster.kubeletnode import KubeletNode
+
+        KubeletNode(cluster.kubeconfig, Path("kubelet"), name=marker.read_text().strip()).stop()
+        marker.unlink()
     cluster.down(keep=args.keep)
     print(f"devcluster in {cluster.state_dir} stopped" + (" (state kept)" if args.keep else ""))
     return 0

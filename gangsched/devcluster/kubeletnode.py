@@ -34,6 +34,7 @@ KUBELETBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kubeletbin"
 
 MACHINE_DIR = Path("/var/lib/gangsched-kubelet")
 LOCK_FILE = Path("/run/gangsched-kubelet.lock")
+CLAIM_FILE = Path("/run/gangsched-kubelet.claim")
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")  # the kubelet's, whatever --root-dir says
 IMAGE = "gangsched.local/busybox:1"
 TAINT_KEY = "gangsched.io/kubelet-node"
@@ -77,31 +78,51 @@ def fake_gpus(n: int, island_size: int = 4, model: str = "A100-SXM4-80GB") -> li
 
 
 class MachineLock:
-    """An flock on LOCK_FILE held by this process: one kubelet node per machine, whichever test run asks."""
+    """One kubelet node per machine, whoever asks: an flock on LOCK_FILE while starting or stopping, and a claim
+    (CLAIM_FILE: the pid the node lives as long as) once up. A test run's claim is its own pid; `gangsched devcluster
+    up --kubelet-nodes 1` exits, so its claim is the kubelet's pid. A claim whose pid is dead is stale (a crash):
+    the next start takes over and clears what was left."""
 
-    def __init__(self, path: Path = LOCK_FILE):
+    def __init__(self, path: Path = LOCK_FILE, claim: Path = CLAIM_FILE):
         self.path = path
+        self.claim_file = claim
         self.fd: int | None = None
 
-    def acquire(self, timeout: float) -> None:
+    def holder(self) -> int | None:
+        """The live pid claiming the node, if any (not us)."""
+        try:
+            pid = int(self.claim_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if pid != os.getpid() and pid_alive(pid) else None
+
+    def acquire(self, timeout: float, force: bool = False) -> None:
+        """Take the lock; wait up to `timeout` for another claim to go, unless `force` (to stop that node)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                holder = None if force else self.holder()
+                if holder is None:
+                    break
+                fcntl.flock(fd, fcntl.LOCK_UN)
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    holder = self.path.read_text().strip() or "?"
-                    raise DevClusterError(f"another kubelet node runs on this machine (pid {holder} holds "
-                                          f"{self.path}); one per machine") from None
-                time.sleep(0.5)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+                holder = None
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise DevClusterError(f"another kubelet node runs on this machine ({self.claim_file}: pid "
+                                      f"{holder or 'starting'}); one per machine: `gangsched devcluster down` it, "
+                                      f"or wait") from None
+            time.sleep(0.5)
         self.fd = fd
 
-    def release(self) -> None:
+    def claim(self, pid: int) -> None:
+        self.claim_file.write_text(f"{pid}\n")
+
+    def release(self, unclaim: bool = True) -> None:
+        if unclaim:
+            self.claim_file.unlink(missing_ok=True)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -161,12 +182,16 @@ class KubeletNode:
         self.pod_resources = self.root / "pod-resources" / "kubelet.sock"
 
     # ---- life ------------------------------------------------------------------------------------------------------
-    def start(self, lock_timeout: float = 600.0, timeout: float = 120.0) -> KubeletNode:
+    def start(self, lock_timeout: float = 600.0, timeout: float = 120.0, detach: bool = False) -> KubeletNode:
+        """`detach`: the node outlives this process (the CLI): it is claimed by the kubelet's pid, not ours."""
         if os.geteuid() != 0:
             raise DevClusterError("a kubelet node needs root (containerd, runc, cgroups)")
         for tool in ("containerd", "ctr", "runc"):
             if not shutil.which(tool):
                 raise DevClusterError(f"a kubelet node needs {tool}: apt-get install containerd runc busybox-static")
+        busybox = Path("/bin/busybox").resolve()
+        if not busybox.is_file() or b"ld-linux" in busybox.read_bytes()[:8192]:  # a dynamic one has an interpreter
+            raise DevClusterError("a kubelet node's image needs a static /bin/busybox: apt-get install busybox-static")
         self.lock.acquire(lock_timeout)
         try:
             self.clear()
@@ -181,9 +206,15 @@ class KubeletNode:
         except BaseException:
             self.stop()
             raise
+        self.lock.claim(self.procs["kubelet"].pid if detach else os.getpid())
+        if detach:
+            self.lock.release(unclaim=False)
         return self
 
     def stop(self) -> None:
+        """Remove the node and everything it ran (also one a `detach`ed start left, or a crash)."""
+        if self.lock.fd is None:
+            self.lock.acquire(60, force=True)
         try:
             self.clear()
             self._delete_node()
