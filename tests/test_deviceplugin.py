@@ -375,3 +375,30 @@ def test_generated_stubs_match_the_protos(tmp_path):
     for f in sorted((tmp_path / "gangsched/deviceplugin/pb").iterdir()):
         assert f.read_text() == (ROOT / "gangsched/deviceplugin/pb" / f.name).read_text(), \
             f"{f.name} is stale: regenerate (proto/README.md)"
+
+
+# ---- what ships --------------------------------------------------------------------------------------------------
+def test_kubelet_built_from_the_control_planes_kubernetes():
+    import re
+
+    def pins(path: Path) -> set[str]:
+        return set(re.findall(r"(k8s\.io/\S+ => k8s\.io/\S+ v\S+)", path.read_text()))
+
+    k8s, kubelet = pins(ROOT / "deploy/k8sbin/go.mod"), pins(ROOT / "deploy/kubeletbin/go.mod")
+    assert "k8s.io/kubernetes => k8s.io/kubernetes v1.34.4" in kubelet and kubelet == k8s
+
+
+def test_daemonset_mounts_the_kubelet_sockets_and_rbac_covers_the_plugins_calls():
+    import yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy/device-plugin.yaml").read_text())}
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][0] == "device-plugin"
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/var/lib/kubelet/device-plugins",
+                                                                    "/var/lib/kubelet/pod-resources"}
+    assert {e["name"] for e in container["env"]} >= {"NODE_NAME"}
+    rules = {(r, v) for rule in docs["ClusterRole"]["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    # node_pods (list), reconcile (patch pods), publish (patch nodes), Events (create)
+    assert rules == {("pods", "list"), ("pods", "patch"), ("nodes", "patch"), ("events", "create")}
+    assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
