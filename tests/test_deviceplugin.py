@@ -198,6 +198,24 @@ def test_books_follow_the_annotation_the_plugin_rewrites():
     assert cache.state.gpu_free[0].tolist() == [1000, 1000, 1000, 1000, 1000, 0, 0, 1000]
 
 
+def test_books_follow_a_swap_the_plugin_reports_one_pod_at_a_time():
+    # the kubelet gave a what b was annotated with and b what a was: the two rewrites arrive one after the other
+    cache = Cache(ClusterState([]))
+    cache.apply("nodes", "ADDED", kubelet_node(8))
+    cache.refresh_nodes()
+    a = livekit.pod("a", node_name="real", devices="0", phase="Running")
+    b = livekit.pod("b", node_name="real", devices="5", phase="Running")
+    for p in (a, b):
+        cache.apply("pods", "ADDED", p)
+    a["metadata"]["annotations"][GPU_DEVICES_ANNOTATION] = "5"  # b still holds 5 in the books: a is guessed
+    cache.apply("pods", "MODIFIED", a)
+    b["metadata"]["annotations"][GPU_DEVICES_ANNOTATION] = "0"  # b takes 0 from a's guess: a gets its 5 back
+    cache.apply("pods", "MODIFIED", b)
+    assert cache.state.assignments["default/a"].devices == (5,)
+    assert cache.state.assignments["default/b"].devices == (0,)
+    assert "default/a" not in cache.guessed
+
+
 # ---- over gRPC -----------------------------------------------------------------------------------------------------
 class FakeKubelet(pb_grpc.RegistrationServicer, prpb_grpc.PodResourcesListerServicer):
     """The kubelet's two servers: Registration on kubelet.sock, pod-resources on its own socket."""
