@@ -1,14 +1,17 @@
 """The real control-plane binaries: built once from pinned Go modules, then taken from the cache.
 
-kube-apiserver, kube-scheduler and the scheduler-plugins scheduler come from the module in `deploy/k8sbin`, etcd
-from `deploy/etcdbin` (their go.mod files pin the releases), KWOK from its own module. Builds go to a temporary
-directory that is renamed into place at the end, so an interrupted build never leaves a half cache.
+kube-apiserver and kube-scheduler come from the module in `deploy/k8sbin` (or the module directory named by
+$GANGSCHED_K8SBIN), the scheduler-plugins scheduler from `deploy/coschedbin` (a peer pinned to the Kubernetes release
+it was built against), etcd from `deploy/etcdbin` (their go.mod files pin the releases), KWOK from its own module.
+Builds go to a temporary directory that is renamed into place at the end, so an interrupted build never leaves a
+half cache.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -20,15 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KWOK_VERSION = "v0.7.0"
-K8SBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8sbin"
+REPO = Path(__file__).resolve().parents[2]
+K8SBIN_DIR = REPO / "deploy" / "k8sbin"
+# scheduler-plugins releases follow Kubernetes' by months: its own module keeps it on the release it was built for.
+COSCHEDBIN_DIR = REPO / "deploy" / "coschedbin"
+K8SBIN_ENV = "GANGSCHED_K8SBIN"  # another control-plane module directory (e.g. a newer Kubernetes to try)
 # Debian's etcd 3.4 lacks RequestWatchProgress, which kube-apiserver 1.34 needs for client-go's streaming lists.
 ETCDBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "etcdbin"
 # Main packages built from deploy/k8sbin and the file name each gets in the cache.
 K8S_PACKAGES = {
     "k8s.io/kubernetes/cmd/kube-apiserver": "kube-apiserver",
     "k8s.io/kubernetes/cmd/kube-scheduler": "kube-scheduler",
-    "sigs.k8s.io/scheduler-plugins/cmd/scheduler": "coscheduler",
 }
+COSCHED_PACKAGES = {"sigs.k8s.io/scheduler-plugins/cmd/scheduler": "coscheduler"}
 
 # Bump when the build recipe changes (flags, stamping): it is part of the cache key, so caches rebuild.
 BUILD_RECIPE = "3"
@@ -47,6 +54,7 @@ class Binaries:
     kube_scheduler: Path
     coscheduler: Path
     kwok: Path
+    k8s_version: str = ""  # of kube-apiserver and kube-scheduler, e.g. "v1.37.2": the flags they take follow it
 
 
 def cache_root() -> Path:
@@ -81,8 +89,20 @@ def module_cache_dir(src: Path, name: str, version: str) -> Path:
     return cache_root() / f"{name}-{version}-{digest}"
 
 
-def k8s_cache_dir(src: Path = K8SBIN_DIR) -> Path:
+def k8sbin_dir() -> Path:
+    """The control-plane module: deploy/k8sbin, or $GANGSCHED_K8SBIN (relative to the checkout, or absolute)."""
+    chosen = os.environ.get(K8SBIN_ENV)
+    return REPO / chosen if chosen else K8SBIN_DIR
+
+
+def k8s_cache_dir(src: Path | None = None) -> Path:
+    src = src or k8sbin_dir()
     return module_cache_dir(src, "k8s", _k8s_version((src / "go.mod").read_text()))
+
+
+def coscheduler_cache_dir(src: Path = COSCHEDBIN_DIR) -> Path:
+    return module_cache_dir(src, "coscheduler", _pinned_version((src / "go.mod").read_text(),
+                                                               "sigs.k8s.io/scheduler-plugins"))
 
 
 def etcd_cache_dir(src: Path = ETCDBIN_DIR) -> Path:
@@ -118,16 +138,33 @@ def _go_env(go: Path) -> dict[str, str]:
     return env
 
 
-def _build_k8s(dest: Path, progress: Progress) -> None:
+def _build_k8s(src: Path, dest: Path, progress: Progress) -> None:
     go = go_binary()
-    version = _k8s_version((K8SBIN_DIR / "go.mod").read_text())
-    progress(f"building kube-apiserver, kube-scheduler and the scheduler-plugins scheduler from k8s.io/kubernetes "
-             f"{version} (first run only, several minutes; cached in {dest})")
+    version = _k8s_version((src / "go.mod").read_text())
+    progress(f"building kube-apiserver and kube-scheduler from k8s.io/kubernetes {version} (first run only, "
+             f"15-25 minutes on 2 cores; cached in {dest})")
     tmp = _make_tmp(dest)
     try:
         cmd = [str(go), "build", "-trimpath", f"-ldflags=-s -w {_version_ldflags(version)}", "-o", f"{tmp}/",
                *K8S_PACKAGES]
-        _run_with_heartbeat(cmd, K8SBIN_DIR, _go_env(go), "the Kubernetes binaries", progress,
+        _run_with_heartbeat(cmd, src, _go_env(go), "the Kubernetes binaries", progress,
+                            dest.parent / f"{dest.name}.build.log")
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_coscheduler(dest: Path, progress: Progress) -> None:
+    go = go_binary()
+    gomod = (COSCHEDBIN_DIR / "go.mod").read_text()
+    version, k8s = _pinned_version(gomod, "sigs.k8s.io/scheduler-plugins"), _k8s_version(gomod)
+    progress(f"building the scheduler-plugins scheduler {version} (k8s.io/kubernetes {k8s}; first run only, about "
+             f"10 minutes; cached in {dest})")
+    tmp = _make_tmp(dest)
+    try:
+        cmd = [str(go), "build", "-trimpath", f"-ldflags=-s -w {_version_ldflags(k8s)}", "-o", f"{tmp}/",
+               *COSCHED_PACKAGES]
+        _run_with_heartbeat(cmd, COSCHEDBIN_DIR, _go_env(go), "the scheduler-plugins scheduler", progress,
                             dest.parent / f"{dest.name}.build.log")
         (tmp / "scheduler").rename(tmp / "coscheduler")
         _copy_podgroup_crd(go, tmp / "crds")
@@ -148,7 +185,8 @@ def _version_ldflags(version: str) -> str:
 def _copy_podgroup_crd(go: Path, dest: Path) -> None:
     """Keep the PodGroup CRD of the pinned scheduler-plugins release beside the binaries, so a cluster can serve
     the coscheduler even where deploy/crds does not carry it."""
-    out = subprocess.run([str(go), "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/scheduler-plugins"], cwd=K8SBIN_DIR,
+    out = subprocess.run([str(go), "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/scheduler-plugins"],
+                         cwd=COSCHEDBIN_DIR,
                          env=_go_env(go), capture_output=True, text=True, check=True)
     src = Path(out.stdout.strip()) / "manifests" / "coscheduling" / "crd.yaml"
     dest.mkdir(parents=True, exist_ok=True)
@@ -203,23 +241,30 @@ def _build_etcd(dest: Path, progress: Progress) -> None:
 
 def ensure_binaries(progress: Progress = print) -> Binaries:
     """Paths of all control-plane binaries, building the missing ones first (only the first run builds)."""
-    for src in (K8SBIN_DIR, ETCDBIN_DIR):
-        if not (src / "go.mod").exists():
-            raise BinariesError(f"{src}/go.mod is missing: run from a gangsched source checkout")
+    src = k8sbin_dir()
+    for mod in (src, COSCHEDBIN_DIR, ETCDBIN_DIR):
+        if not (mod / "go.mod").exists():
+            raise BinariesError(f"{mod}/go.mod is missing: run from a gangsched source checkout"
+                                + (f" (or fix ${K8SBIN_ENV})" if mod == src and os.environ.get(K8SBIN_ENV) else ""))
     etcd_dir = etcd_cache_dir()
     if not (etcd_dir / "etcd").is_file():
         shutil.rmtree(etcd_dir, ignore_errors=True)
         _build_etcd(etcd_dir, progress)
-    k8s = k8s_cache_dir()
+    k8s = k8s_cache_dir(src)
     if not all((k8s / name).is_file() for name in K8S_PACKAGES.values()):
         shutil.rmtree(k8s, ignore_errors=True)  # only a hand-edited cache can be incomplete; builds publish whole
-        _build_k8s(k8s, progress)
+        _build_k8s(src, k8s, progress)
+    cosched = coscheduler_cache_dir()
+    if not all((cosched / name).is_file() for name in COSCHED_PACKAGES.values()):
+        shutil.rmtree(cosched, ignore_errors=True)
+        _build_coscheduler(cosched, progress)
     kwok_dir = cache_root() / f"kwok-{KWOK_VERSION}"
     if not (kwok_dir / "kwok").is_file():
         shutil.rmtree(kwok_dir, ignore_errors=True)
         _build_kwok(kwok_dir, progress)
     return Binaries(etcd=etcd_dir / "etcd", kube_apiserver=k8s / "kube-apiserver",
-                    kube_scheduler=k8s / "kube-scheduler", coscheduler=k8s / "coscheduler", kwok=kwok_dir / "kwok")
+                    kube_scheduler=k8s / "kube-scheduler", coscheduler=cosched / "coscheduler", kwok=kwok_dir / "kwok",
+                    k8s_version=_k8s_version((src / "go.mod").read_text()))
 
 
 # ---- tools beside the control plane: Prometheus + promtool (metrics tests), helm (chart tests) -------------------
@@ -278,3 +323,32 @@ def ensure_helm(progress: Progress = print) -> Path:
     dest = _ensure_tool(HELMBIN_DIR, "helm", "helm.sh/helm/v3", HELM_PACKAGES,
                         lambda v: f"-X helm.sh/helm/v3/internal/version.version={v}", progress)
     return dest / "helm"
+
+
+# The prometheus-operator CRDs (ServiceMonitor, PrometheusRule), from its Go module, so the chart test can
+# dry-run the chart's optional monitoring objects against a real API server.
+PROM_OPERATOR_VERSION = "v0.85.0"
+PROM_OPERATOR_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
+
+
+def ensure_prometheus_operator_crds(progress: Progress = print) -> Path:
+    dest = cache_root() / f"prometheus-operator-crds-{PROM_OPERATOR_VERSION}"
+    if all((dest / f).is_file() for f in PROM_OPERATOR_CRDS):
+        return dest
+    go = go_binary()
+    progress(f"fetching the prometheus-operator {PROM_OPERATOR_VERSION} CRDs from its Go module")
+    tmp = _make_tmp(dest)
+    try:
+        env = _go_env(go) | {"GOFLAGS": "-mod=mod"}
+        mod = f"github.com/prometheus-operator/prometheus-operator@{PROM_OPERATOR_VERSION}"
+        out = subprocess.run([str(go), "mod", "download", "-json", mod], cwd=tmp, env=env, capture_output=True,
+                             text=True)
+        info = json.loads(out.stdout or "{}")
+        if out.returncode != 0 or "Dir" not in info:
+            raise BinariesError(f"go mod download {mod} failed: {info.get('Error') or out.stderr.strip()}")
+        for name in PROM_OPERATOR_CRDS:
+            shutil.copyfile(Path(info["Dir"]) / "example" / "prometheus-operator-crd" / name, tmp / name)
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

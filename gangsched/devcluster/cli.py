@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="build (or find cached) kube-apiserver, kube-scheduler, coscheduler and "
                            "kwok")
     build.add_argument("--tools", action="store_true",
-                       help="also Prometheus, promtool and helm (the metrics and chart tests use them)")
+                       help="also Prometheus, promtool, helm and the prometheus-operator CRDs (metrics, chart tests)")
     build.add_argument("--kubelet", action="store_true", help="also the kubelet (devcluster up --kubelet-nodes)")
     build.set_defaults(run=run_build)
 
@@ -60,9 +60,9 @@ def run_build(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     paths = dict(vars(ensure_binaries()))
     if getattr(args, "tools", False):
-        from gangsched.devcluster.binaries import ensure_helm, ensure_prometheus
+        from gangsched.devcluster.binaries import ensure_helm, ensure_prometheus, ensure_prometheus_operator_crds
 
-        paths |= vars(ensure_prometheus()) | {"helm": ensure_helm()}
+        paths |= vars(ensure_prometheus()) | {"helm": ensure_helm(), "operator CRDs": ensure_prometheus_operator_crds()}
     if getattr(args, "kubelet", False):
         from gangsched.devcluster.kubeletnode import ensure_kubelet
 

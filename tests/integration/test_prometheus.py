@@ -102,8 +102,8 @@ def test_prometheus_scrapes_the_scheduler_and_evaluates_the_rules(cluster, start
         assert prom.value('count(gangsched_build_info{profile="default"})') == 1
         # the types Prometheus learned from the scrape: real counters and histograms, not gauges
         meta = prom.api("metadata")
-        assert meta["gangsched_schedule_attempts"][0]["type"] == "counter"
-        assert meta["gangsched_pods_bound"][0]["type"] == "counter"
+        assert meta["gangsched_schedule_attempts_total"][0]["type"] == "counter"
+        assert meta["gangsched_pods_bound_total"][0]["type"] == "counter"
         assert meta["gangsched_gang_scheduling_duration_seconds"][0]["type"] == "histogram"
         assert meta["gangsched_pending_pods"][0]["type"] == "gauge"
         # the shipped rules load and evaluate
