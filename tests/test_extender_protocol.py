@@ -32,9 +32,9 @@ def test_no_node_verdicts_name_every_node():
     assert not v.failed and not v.nodes
 
 
-def test_priorities_cover_every_candidate_within_0_to_10():
-    assert wire.priorities(["a", "b", "c"], {"a": 10, "b": 99}) == [
-        {"Host": "a", "Score": 10}, {"Host": "b", "Score": 10}, {"Host": "c", "Score": 0}]
+def test_priorities_name_the_scored_candidates_within_0_to_10():
+    assert wire.priorities(["a", "b", "c"], {"a": 10, "b": 99, "c": 0, "x": 10}) == [
+        {"Host": "a", "Score": 10}, {"Host": "b", "Score": 10}]
 
 
 def test_binding_args():

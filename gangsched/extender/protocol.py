@@ -115,8 +115,10 @@ def filter_result(args: NodeArgs, verdict: FilterVerdict) -> dict:
 
 
 def priorities(names: list[str], scores: dict[str, int]) -> list[dict]:
-    """HostPriorityList over every candidate: the given scores (clipped to 0..10), 0 for the rest."""
-    return [{"Host": n, "Score": max(0, min(MAX_PRIORITY, int(scores.get(n, 0))))} for n in names]
+    """HostPriorityList: the candidates with a score above 0 (clipped to 10). kube-scheduler adds the list's
+    scores into its per-node totals, so a node left out scores 0: no need to send thousands of zeros."""
+    wanted = set(names)
+    return [{"Host": n, "Score": min(MAX_PRIORITY, int(s))} for n, s in scores.items() if s > 0 and n in wanted]
 
 
 def bind_args(body: Any) -> BindArgs:

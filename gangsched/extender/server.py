@@ -182,8 +182,13 @@ def serve(ext: Extender, host: str, port: int, *, prefix: str = "", tls_cert: st
         def log_message(self, fmt: str, *args: object) -> None:
             log.debug("%s " + fmt, self.address_string(), *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        # kube-scheduler's binding goroutines connect at once; the default backlog of 5 drops the rest's SYNs,
+        # which their kernel retries only after 1 s
+        request_queue_size = 256
+
+    server = Server((host, port), Handler)
     if tls_cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
