@@ -31,6 +31,8 @@ class Resource:
 PODS = Resource("pods", "/api/v1/pods")
 NODES = Resource("nodes", "/api/v1/nodes")
 PODGROUPS = Resource("podgroups", "/apis/scheduling.x-k8s.io/v1alpha1/podgroups", optional=True)
+# Kubernetes' own PodGroups (Workload API): served from 1.37 with the GenericWorkload gate and the API enabled.
+NATIVE_PODGROUPS = Resource("nativepodgroups", "/apis/scheduling.k8s.io/v1beta1/podgroups", optional=True)
 PRIORITY_CLASSES = Resource("priorityclasses", "/apis/scheduling.k8s.io/v1/priorityclasses")
 PDBS = Resource("pdbs", "/apis/policy/v1/poddisruptionbudgets")  # preemption's victim ranking
 
@@ -45,6 +47,7 @@ class Informer:
         self.watch_timeout = watch_timeout
         self.synced = threading.Event()
         self.relists = 0  # for tests and metrics: how often the cache had to be rebuilt from a list
+        self.absent = False  # an optional API was found not served
         self.thread = threading.Thread(target=self._run, name=f"informer-{resource.kind}", daemon=True)
 
     def start(self) -> Informer:
@@ -58,6 +61,8 @@ class Informer:
             try:
                 if not rv:
                     items, rv = self.client.list_all(self.resource.path)
+                    for o in items:
+                        _strip(o)
                     self.relists += 1
                     self.out.put((self.resource.kind, SYNC, items))
                     self.synced.set()
@@ -71,7 +76,10 @@ class Informer:
                 if e.status == 404 and self.resource.optional:
                     self.out.put((self.resource.kind, SYNC, []))
                     self.synced.set()
-                    log.warning("%s: API not served (is the CRD installed?); retrying", self.resource.kind)
+                    # said once: most clusters do not serve the native PodGroups, and need not
+                    (log.warning if not self.absent else log.debug)(
+                        "%s: API not served (is the CRD installed, or the API enabled?); retrying", self.resource.kind)
+                    self.absent = True
                     backoff = 5.0
                 else:
                     log.warning("%s: %s; retrying in %.1fs", self.resource.kind, e, backoff)
@@ -95,11 +103,21 @@ class Informer:
             if new_rv:
                 rv = new_rv
             if kind != "BOOKMARK":
-                self.out.put((self.resource.kind, kind, obj))
+                self.out.put((self.resource.kind, kind, _strip(obj)))
         return rv
 
 
+def _strip(obj: dict) -> dict:
+    """Drop what nothing here reads and that weighs most: managedFields (about half a pod's JSON), as
+    kube-scheduler's informers do (client-go's TransformStripManagedFields)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
 def start_informers(client: KubeClient, out: queue.Queue, stop: threading.Event,
-                    resources: tuple[Resource, ...] = (NODES, PODS, PODGROUPS, PRIORITY_CLASSES, PDBS),
+                    resources: tuple[Resource, ...] = (NODES, PODS, PODGROUPS, NATIVE_PODGROUPS, PRIORITY_CLASSES,
+                                                       PDBS),
                     **kwargs: Any) -> list[Informer]:
     return [Informer(client, r, out, stop, **kwargs).start() for r in resources]

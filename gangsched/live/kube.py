@@ -7,7 +7,6 @@ then talk JSON dicts over that pool directly. Its generated models cost about a 
 
 from __future__ import annotations
 
-import json
 import platform
 import threading
 import time
@@ -16,6 +15,7 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -128,7 +128,7 @@ class KubeClient:
         method = method.upper()
         if self.field_manager and method in WRITE_METHODS_WITH_BODY and "fieldManager" not in (query or {}):
             query = dict(query or {}, fieldManager=self.field_manager)
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        data = None if body is None else orjson.dumps(body)
         if limit:
             self.limiter.acquire()
         headers = self._headers(content_type if data is not None else None)
@@ -145,7 +145,7 @@ class KubeClient:
         payload = resp.data
         if resp.status >= 300:
             raise _error(resp.status, payload)
-        return json.loads(payload) if payload else {}
+        return orjson.loads(payload) if payload else {}
 
     def list_all(self, path: str, query: dict[str, Any] | None = None, page: int = 500) -> tuple[list[dict], str]:
         """Every item of a collection (paginated) and the list's resourceVersion to watch from."""
@@ -174,7 +174,7 @@ class KubeClient:
                 raise _error(resp.status, resp.read())
             for line in iter_resp_lines(resp):
                 if line:
-                    yield json.loads(line)
+                    yield orjson.loads(line)
         except urllib3.exceptions.HTTPError as e:
             raise ApiError(0, "ConnectionError", str(e)) from None
         finally:
@@ -183,7 +183,7 @@ class KubeClient:
 
 def _error(status: int, payload: bytes) -> ApiError:
     try:
-        doc = json.loads(payload)
+        doc = orjson.loads(payload)
         return ApiError(status, doc.get("reason", ""), doc.get("message", ""))
     except (ValueError, AttributeError):
         return ApiError(status, "", payload[:200].decode(errors="replace"))

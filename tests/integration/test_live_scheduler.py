@@ -312,3 +312,34 @@ def _binding_refused(cluster: Cluster, name: str) -> bool:
     except ApiError as e:
         return "bindings are paused" in e.message
     return False
+
+
+def test_informers_drop_managed_fields(cluster: Cluster, devcluster):
+    """The API server sends every object with its managedFields (about half a pod's JSON); nothing here reads
+    them, so the informers drop them before the cache keeps the object."""
+    import queue
+    import threading
+
+    from gangsched.live.informer import PODS, SYNC, Informer
+
+    cluster.pod("listed", gpus=0)
+    assert cluster.pods("listed")[0]["metadata"].get("managedFields")
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    Informer(KubeClient.load(str(devcluster.kubeconfig), qps=0), PODS, out, stop, watch_timeout=5).start()
+    try:
+        seen: dict[str, dict] = {}
+
+        def drain() -> bool:
+            while not out.empty():
+                _, typ, obj = out.get()
+                for o in obj if typ == SYNC else [obj]:
+                    seen[o["metadata"]["name"]] = o
+            return {"listed", "watched"} <= set(seen)
+
+        wait_for(lambda: drain() or "listed" in seen, 20, what="the listed pod")
+        cluster.pod("watched", gpus=0)
+        wait_for(drain, 20, what="the watched pod")
+        assert not any("managedFields" in seen[n]["metadata"] for n in ("listed", "watched"))
+    finally:
+        stop.set()
