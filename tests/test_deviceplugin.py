@@ -420,3 +420,46 @@ def test_daemonset_mounts_the_kubelet_sockets_and_rbac_covers_the_plugins_calls(
     # node_pods (list), reconcile (patch pods), publish (patch nodes), Events (create)
     assert rules == {("pods", "list"), ("pods", "patch"), ("nodes", "patch"), ("events", "create")}
     assert pod["serviceAccountName"] == docs["ServiceAccount"]["metadata"]["name"]
+
+
+# ---- the dev cluster's kubelet node (the parts that need no root) ------------------------------------------------
+def test_one_kubelet_node_per_machine(tmp_path):
+    from gangsched.devcluster.cluster import DevClusterError
+    from gangsched.devcluster.kubeletnode import MachineLock
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        first = MachineLock(tmp_path / "lock", tmp_path / "claim")
+        first.acquire(1)
+        first.claim(other.pid)  # a detached node, alive as long as that process
+        first.release(unclaim=False)
+        with pytest.raises(DevClusterError, match=f"pid {other.pid}"):
+            MachineLock(tmp_path / "lock", tmp_path / "claim").acquire(0.3)
+        forced = MachineLock(tmp_path / "lock", tmp_path / "claim")
+        forced.acquire(1, force=True)  # `devcluster down` stops it all the same
+        forced.release(unclaim=False)
+    finally:
+        other.kill()
+        other.wait()
+    again = MachineLock(tmp_path / "lock", tmp_path / "claim")
+    again.acquire(1)  # its claim died with it (a crash): taken over
+    again.release()
+    assert not (tmp_path / "claim").exists()
+
+
+def test_busybox_image_is_a_docker_archive_with_one_layer(tmp_path):
+    import tarfile
+
+    from gangsched.devcluster.kubeletnode import IMAGE, busybox_image
+
+    fake = tmp_path / "busybox"
+    fake.write_bytes(b"\x7fELF static")
+    with tarfile.open(busybox_image(tmp_path / "img.tar", busybox=fake)) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        config = json.load(tar.extractfile("config.json"))
+        with tarfile.open(fileobj=tar.extractfile("layer.tar")) as layer:
+            names = set(layer.getnames())
+    assert manifest == [{"Config": "config.json", "RepoTags": [IMAGE], "Layers": ["layer.tar"]}]
+    assert {"bin/busybox", "bin/sh", "bin/sleep"} <= names
+    assert config["config"]["Entrypoint"][0] == "/bin/sleep"  # also the pods' sandbox image
+    assert len(config["rootfs"]["diff_ids"]) == 1
