@@ -130,7 +130,7 @@ def build_report(cache: Cache, events: Iterable[dict], profile: str = "default",
         held = cache.gangs[gkey].held
         waiting.append(Waiting(
             gkey.ref, kind, position.get(gkey), _priority(cache, view.waiting, held),
-            now - min(p.creation for p in view.waiting),
+            round(now - min(p.creation for p in view.waiting), 1),
             sum(p.demand.gpu_total_milli for p in view.waiting if p.demand is not None) / MILLI_PER_GPU,
             min_member, len(view.waiting) + len(held), len(held), reason or "not tried yet"))
     waiting.sort(key=lambda w: (w.position is None, w.position or 0, w.gang))
@@ -143,15 +143,18 @@ def _priority(cache: Cache, waiting: Iterable, held: Iterable[str]) -> int:
 
 
 def _running(cache: Cache, now: float, namespace: str | None) -> list[Running]:
+    """Our gangs with members holding a node (a lone pod is a gang of one)."""
+    members: dict = {}
+    for info in cache.pods.values():
+        if info.ours and info.active and info.gang is not None and \
+                (namespace is None or info.gang.namespace == namespace):
+            members.setdefault(info.gang, []).append(info)
     out = []
-    for gkey, gang in sorted(cache.gangs.items(), key=lambda kv: kv[0].ref):
-        active = [cache.pods[k] for k in sorted(gang.held) if k in cache.pods and cache.pods[k].active]
-        if not active or (namespace is not None and gkey.namespace != namespace):
-            continue
+    for gkey, active in sorted(members.items(), key=lambda kv: kv[0].ref):
         group = cache.groups.get(gkey.ref) if gkey.group else None
         held = [cache.state.assignments[p.key] for p in active if p.key in cache.state.assignments]
-        out.append(Running(gkey.ref, "PodGroup" if gkey.group else "Pod", _priority(cache, (), gang.held),
-                           now - min(p.started or p.creation for p in active), len(active),
+        out.append(Running(gkey.ref, "PodGroup" if gkey.group else "Pod", _priority(cache, active, ()),
+                           round(now - min(p.started or p.creation for p in active), 1), len(active),
                            group.min_member if group is not None and not isinstance(group, str) else 1,
                            sum(a.demand.gpu_total_milli for a in held) / MILLI_PER_GPU,
                            sorted({p.node for p in active if p.node})))
@@ -305,7 +308,8 @@ def main(args: argparse.Namespace) -> int:
         client = KubeClient.load(args.kubeconfig, qps=0)
         nodes, podgroups, classes, pods, events = fetch(client, args.namespace)
     except ApiError as e:
-        print(f"gangsched status: error: the API server refused: {e}", file=sys.stderr)
+        said = "cannot reach the API server" if e.status == 0 else "the API server refused"
+        print(f"gangsched status: error: {said}: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # no kubeconfig, no cluster: one line, as kubectl says it
         print(f"gangsched status: error: cannot reach the API server: {type(e).__name__}: {e}", file=sys.stderr)

@@ -18,7 +18,8 @@ def event(kind: str, name: str, message: str, at: float, ns: str = "default") ->
 def scene() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     nodes = [node("n0", gpus=4), node("n1", gpus=4)]
     groups = [podgroup("train", 2), podgroup("big", 3), podgroup("short", 3), podgroup("vip", 1)]
-    pods = [pod("train-0", gpus=2, group="train", node_name="n0", phase="Running", devices="0,1"),
+    pods = [pod("solo", gpus=0, node_name="n1", phase="Running"),
+            pod("train-0", gpus=2, group="train", node_name="n0", phase="Running", devices="0,1"),
             pod("train-1", gpus=2, group="train", node_name="n0", phase="Running", devices="2,3"),
             pod("other", gpus=1, scheduler="default-scheduler", node_name="n1", phase="Running", devices="1"),
             *(pod(f"big-{i}", gpus=4, group="big", created=T0 - 300) for i in range(3)),
@@ -56,7 +57,8 @@ def test_running_gangs_and_the_gpu_map():
     running = {g.gang: g for g in r.running}
     assert running["default/train"].pods == 2 and running["default/train"].gpus == 4
     assert running["default/train"].nodes == ["n0"]
-    assert set(running) == {"default/train"}  # another scheduler's pod is no gang of ours, but on the map
+    assert set(running) == {"default/train", "default/solo"}  # not another scheduler's pod: it is only on the map
+    assert running["default/solo"].kind == "Pod" and running["default/solo"].gpus == 0
     n0, n1 = r.nodes
     assert [d["pods"] for d in n0.devices] == [["default/train-0"]] * 2 + [["default/train-1"]] * 2
     assert n0.free == 0
