@@ -131,6 +131,8 @@ def test_cluster_role_grants_what_a_scheduler_needs():
             assert _grants(rules, group, resource, verb), (group, resource, verb)
     assert _grants(rules, "scheduling.x-k8s.io", "podgroups/status", "patch")
     assert _grants(rules, "", "pods", "delete")
+    assert _grants(rules, "", "pods/status", "patch")  # preemption: DisruptionTarget, nominatedNodeName
+    assert _grants(rules, "policy", "poddisruptionbudgets", "watch")
     for group in ("", "events.k8s.io"):
         assert _grants(rules, group, "events", "create")
         assert _grants(rules, group, "events", "patch")
