@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     client = KubeClient.load(args.kubeconfig, qps=20, burst=40, field_manager="gangsched-device-plugin")
     metrics = Metrics()
     if args.metrics_port:
-        start_http_server(args.metrics_port, registry=metrics.registry)
+        try:
+            start_http_server(args.metrics_port, registry=metrics.registry)
+        except OSError as e:  # the devices matter more than their metrics: serve them all the same
+            log.error("cannot serve /metrics on port %d: %s", args.metrics_port, e)
     recorder = EventRecorder(client).start()
     plugin = DevicePlugin(client, args.node_name, source, args.plugin_dir, args.resource_name,
                           PodResources(args.pod_resources_socket, args.resource_name), recorder, metrics,
