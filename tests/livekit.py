@@ -111,9 +111,11 @@ class Evictions:
 class Statuses:
     def __init__(self) -> None:
         self.written: dict[str, dict] = {}
+        self.apis: dict[str, str] = {}  # key -> the API version its status went to
 
-    def write(self, key: str, status: dict) -> None:
+    def write(self, key: str, status: dict, api: str = "scheduling.x-k8s.io/v1alpha1") -> None:
         self.written[key] = status
+        self.apis[key] = api
 
 
 class Live:

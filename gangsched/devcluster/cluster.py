@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from gangsched.devcluster import pki as pki_mod
-from gangsched.devcluster.binaries import Binaries, ensure_binaries, k8s_cache_dir
+from gangsched.devcluster.binaries import Binaries, coscheduler_cache_dir, ensure_binaries
 
 REPO_CRDS = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 SERVICE_CIDR = "10.0.0.0/24"
@@ -37,6 +37,23 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_ANNOTATION_VALUE = "fake"
 # Start order; `down` stops in reverse.
 CORE = ("etcd", "kube-apiserver", "kwok")
+# The Workload API (KEP-4671): scheduling.k8s.io/v1beta1 Workload and PodGroup, pods naming their group in
+# spec.schedulingGroup, kube-scheduler's PodGroup cycle (GangScheduling plugin). Beta in 1.37, off by default.
+WORKLOAD_API = "scheduling.k8s.io/v1beta1"
+WORKLOAD_GATES = ("GenericWorkload",)
+
+
+def minor_version(version: str) -> tuple[int, int]:
+    """(1, 37) of "v1.37.2"; (0, 0) if unknown."""
+    parts = version.lstrip("v").split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def serves_workload_api(version: str) -> bool:
+    return minor_version(version) >= (1, 37)
 
 
 class DevClusterError(RuntimeError):
@@ -250,6 +267,7 @@ class DevCluster:
             "--allow-privileged=true", "--profiling=false", "--v=1",
             # pods/log of the kubelet node (kubeletnode.py): its host name does not resolve, its IP does
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            *self._workload_api_flags(runtime_config=True),
         ], self.state_dir, api_port)
         if wait:
             self._wait_ready(timeout)
@@ -264,6 +282,17 @@ class DevCluster:
             self._wait_kwok(timeout)
             progress(f"devcluster up in {time.monotonic() - t0:.1f} s: {self.server} (state {self.state_dir})")
         return self
+
+    @property
+    def workload_api(self) -> bool:
+        """The control plane serves the Workload API (scheduling.k8s.io/v1beta1 PodGroups, spec.schedulingGroup)."""
+        return serves_workload_api(self.binaries.k8s_version)
+
+    def _workload_api_flags(self, runtime_config: bool = False) -> list[str]:
+        if not self.workload_api:
+            return []
+        gates = [f"--feature-gates={','.join(f'{g}=true' for g in WORKLOAD_GATES)}"]
+        return gates + ([f"--runtime-config={WORKLOAD_API}=true"] if runtime_config else [])
 
     def _adopt(self) -> None:
         """Fill `processes` from the pid files of a cluster started by another process."""
@@ -373,7 +402,7 @@ class DevCluster:
         """deploy/crds/*.yaml, plus the PodGroup CRD shipped with scheduler-plugins when deploy/crds lacks it."""
         files = sorted(REPO_CRDS.glob("*.yaml")) if REPO_CRDS.is_dir() else []
         has_podgroup = any("podgroups.scheduling.x-k8s.io" in f.read_text() for f in files)
-        bundled = k8s_cache_dir() / "crds" / "scheduling.x-k8s.io_podgroups.yaml"
+        bundled = coscheduler_cache_dir() / "crds" / "scheduling.x-k8s.io_podgroups.yaml"
         if not has_podgroup and bundled.exists():
             files.append(bundled)
         return files
@@ -423,7 +452,8 @@ class DevCluster:
                 "profiles": [profile]}
 
     def _start_scheduler(self, binary: Path, proc_name: str, config: dict[str, Any] | Path | str,
-                         qps: float | None, burst: int | None, timeout: float) -> ProcessHandle:
+                         qps: float | None, burst: int | None, timeout: float,
+                         extra_flags: tuple[str, ...] = ()) -> ProcessHandle:
         if proc_name in self.processes and self.processes[proc_name].alive():
             raise DevClusterError(f"{proc_name} is already running (pid {self.processes[proc_name].pid})")
         cfg = dict(config) if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
@@ -439,7 +469,7 @@ class DevCluster:
         h = _spawn(proc_name, [
             str(binary), f"--config={path}", "--bind-address=127.0.0.1", f"--secure-port={port}",
             f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
-            "--v=1",
+            "--v=1", *extra_flags,
         ], self.state_dir, port)
         self.processes[proc_name] = h
         ctx = ssl.create_default_context()
@@ -459,11 +489,17 @@ class DevCluster:
 
     def start_kube_scheduler(self, name: str = "default-scheduler", qps: float | None = None,
                              burst: int | None = None, config: dict[str, Any] | Path | str | None = None,
-                             timeout: float = 60.0) -> ProcessHandle:
+                             timeout: float = 60.0, gangs: bool = False) -> ProcessHandle:
         """Run the stock kube-scheduler with one profile `name`, or with a given KubeSchedulerConfiguration (dict or
-        file) whose clientConnection gets this cluster's kubeconfig (and `qps`/`burst` when given)."""
+        file) whose clientConnection gets this cluster's kubeconfig (and `qps`/`burst` when given). `gangs`: with
+        the Workload API's gates on, so it schedules native PodGroups whole (its GangScheduling plugin); needs a
+        control plane that serves the API (`workload_api`)."""
+        if gangs and not self.workload_api:
+            raise DevClusterError(f"kube-scheduler {self.binaries.k8s_version or '(unknown version)'} has no native "
+                                  "gang scheduling: it needs Kubernetes >= 1.37 (set $GANGSCHED_K8SBIN)")
         cfg = config if config is not None else self._scheduler_config(name, coscheduling=False)
-        return self._start_scheduler(self.binaries.kube_scheduler, f"kube-scheduler-{name}", cfg, qps, burst, timeout)
+        return self._start_scheduler(self.binaries.kube_scheduler, f"kube-scheduler-{name}", cfg, qps, burst, timeout,
+                                     tuple(self._workload_api_flags()) if gangs else ())
 
     def start_kube_scheduler_with_extender(self, name: str, url: str, timeout: float = 60.0,
                                            **extender: Any) -> ProcessHandle:

@@ -25,10 +25,15 @@ from gangsched.live.budgets import Budgets
 from gangsched.live.translate import (
     GPU_MODELS_ANNOTATION,
     demand_from,
+    NATIVE_GROUP_FIELD,
+    NATIVE_PODGROUP_API,
     gpu_devices,
     group_name,
+    group_conflict,
     held_demand,
     node_from,
+    native_group_name,
+    native_podgroup_from,
     parse_time,
     podgroup_from,
 )
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL = ("Succeeded", "Failed")
 # what a pod's demand is made of (see translate.demand_from and pod_requests); annotations are checked apart
+PLUGINS_PODGROUP_API = "scheduling.x-k8s.io/v1alpha1"  # scheduler-plugins' PodGroup CRD (and Volcano's pods)
 _DEMAND_SPEC = ("containers", "initContainers", "overhead", "resources", "nodeSelector", "affinity", "tolerations")
 
 
@@ -79,7 +85,9 @@ class PodInfo:
     deleting: bool
     nominated: str | None = None  # status.nominatedNodeName: capacity is being freed for it there
     started: float = 0.0  # status.startTime
-    never_preempts: bool = False  # spec.preemptionPolicy: Never (from its PriorityClass)
+    never_preempts: bool = False  # spec.preemptionPolicy: Never (from its PriorityClass, or its native PodGroup)
+    native: bool = False  # names its PodGroup in spec.schedulingGroup (scheduling.k8s.io), not by label
+    conflict: bool = False  # names PodGroups both ways: `error` says so
 
     @property
     def active(self) -> bool:
@@ -122,6 +130,11 @@ class Cache:
         self.group_members: dict[str, set[str]] = {}  # PodGroup key -> keys of pods naming it
         self.priority_classes: dict[str, int] = {}
         self.budgets = Budgets()  # PodDisruptionBudgets: preemption prefers victims that violate none
+        # PodGroup key -> API version -> object: scheduler-plugins' and native PodGroups share one name space, so
+        # a name taken in both APIs is a conflict, not one silently hiding the other
+        self.group_srcs: dict[str, dict[str, dict]] = {}
+        self.whole_disruption: set[str] = set()  # native PodGroups with disruptionMode all: evicted only whole
+        self.never_preempt_groups: set[str] = set()  # native PodGroups with preemptionPolicy Never
         self.global_default: str | None = None  # the PriorityClass with globalDefault: true
         self.gangs: dict[GangKey, Gang] = {}
         self.assumed: dict[str, str] = {}  # pod key -> node, binding in flight
@@ -149,7 +162,9 @@ class Cache:
         elif kind == "nodes":
             self._nodes_event(typ, obj)
         elif kind == "podgroups":
-            self._groups_event(typ, obj)
+            self._groups_event(typ, obj, PLUGINS_PODGROUP_API)
+        elif kind == "nativepodgroups":
+            self._groups_event(typ, obj, NATIVE_PODGROUP_API)
         elif kind == "priorityclasses":
             self._classes_event(typ, obj)
         elif kind == "pdbs":
@@ -180,28 +195,66 @@ class Cache:
                 self.nodes[name] = node
                 self.nodes_dirty = True
 
-    def _groups_event(self, typ: str, obj) -> None:
+    def _groups_event(self, typ: str, obj, api: str) -> None:
         items = obj if typ == inf.SYNC else [obj]
         if typ == inf.SYNC:
             keys = {_key(o) for o in items}
-            for key in [k for k in self.groups if k not in keys]:
-                self._drop_group(key)
+            for key in [k for k, srcs in self.group_srcs.items() if api in srcs and k not in keys]:
+                self._set_group(key, api, None)
         for o in items:
-            key = _key(o)
-            if typ == "DELETED":
-                self._drop_group(key)
-                continue
+            self._set_group(_key(o), api, None if typ == "DELETED" else o)
+
+    def _set_group(self, key: str, api: str, obj: dict | None) -> None:
+        """Record (or with None, forget) the PodGroup `key` of `api`, and rebuild what the gang reads of it."""
+        srcs = self.group_srcs.setdefault(key, {})
+        if obj is None:
+            srcs.pop(api, None)
+        else:  # listed items carry no apiVersion; Events and status writes need it
+            srcs[api] = obj if obj.get("apiVersion") == api else {**obj, "apiVersion": api, "kind": "PodGroup"}
+        if not srcs:
+            del self.group_srcs[key]
+            self.whole_disruption.discard(key)
+            self._never_preempt(key, False)
+            self._drop_group(key)
+            return
+        whole = never = False
+        group: PodGroup | str
+        if len(srcs) > 1:
+            o = srcs[NATIVE_PODGROUP_API]
+            group = f"PodGroup {key} exists as both {' and '.join(sorted(srcs))}; delete one"
+        else:
+            (src, o), = srcs.items()
             try:
-                group: PodGroup | str = podgroup_from(o)
+                if src == NATIVE_PODGROUP_API:
+                    group, (whole, never) = native_podgroup_from(o)
+                else:
+                    group = podgroup_from(o)
             except ModelError as e:
                 group = str(e)
-            if isinstance(group, PodGroup):
-                self.min_known[key] = group.min_member
-            if self.groups.get(key) != group:
-                self.groups[key] = group
-                self._group_dirty(key)
-            self.group_objs[key] = o
-            self.dirty_groups.add(key)
+        (self.whole_disruption.add if whole else self.whole_disruption.discard)(key)
+        self._never_preempt(key, never)
+        if isinstance(group, PodGroup):
+            self.min_known[key] = group.min_member
+        if self.groups.get(key) != group:
+            self.groups[key] = group
+            self._group_dirty(key)
+        self.group_objs[key] = o
+        self.dirty_groups.add(key)
+
+    def _never_preempt(self, key: str, never: bool) -> None:
+        if (key in self.never_preempt_groups) == never:
+            return
+        (self.never_preempt_groups.add if never else self.never_preempt_groups.discard)(key)
+        for k in self.group_members.get(key, ()):
+            info = self.pods.get(k)
+            if info is not None and info.native:
+                own = (info.obj.get("spec") or {}).get("preemptionPolicy") == "Never"
+                info.never_preempts = own or never
+
+    def group_api(self, key: str) -> str | None:
+        """The API of PodGroup `key` (None if absent or in both)."""
+        srcs = self.group_srcs.get(key) or {}
+        return next(iter(srcs)) if len(srcs) == 1 else None
 
     def _drop_group(self, key: str) -> None:
         self.groups.pop(key, None)
@@ -247,7 +300,7 @@ class Cache:
         if old is not None and old.obj["metadata"].get("uid") != meta.get("uid"):
             self.delete_pod(key)  # deleted and re-created under the same name while we were not watching
             old = None
-        if old is not None and _same_demand(old.obj, obj):  # most events (binding, status) change no demand
+        if old is not None and not old.conflict and _same_demand(old.obj, obj):  # most events change no demand
             demand, error, held, notes = old.demand, old.error, old.held, old.held_notes
         else:
             demand, error = _demand(obj)
@@ -255,7 +308,11 @@ class Cache:
                 held, notes = Demand(requests=demand.requests, gpu_count=demand.gpu_count), []
             else:
                 held, notes = held_demand(obj)
-        group = group_name(obj)
+        native = native_group_name(obj)
+        group = native or group_name(obj)
+        conflict = group_conflict(obj)
+        if conflict:  # what it holds once bound stays what it asks; it is not scheduled as written
+            demand, error = None, conflict
         ours = spec.get("schedulerName") == self.scheduler_name
         prio = spec.get("priority")
         info = PodInfo(key=key, obj=obj, ours=ours, node=spec.get("nodeName") or None,
@@ -267,7 +324,9 @@ class Cache:
                        creation=old.creation if old is not None else parse_time(meta.get("creationTimestamp")),
                        gated=bool(spec.get("schedulingGates")), deleting=bool(meta.get("deletionTimestamp")),
                        nominated=status.get("nominatedNodeName") or None, started=parse_time(status.get("startTime")),
-                       never_preempts=spec.get("preemptionPolicy") == "Never")
+                       never_preempts=spec.get("preemptionPolicy") == "Never" or (
+                           native is not None and f"{ns}/{group}" in self.never_preempt_groups),
+                       native=native is not None, conflict=conflict is not None)
         self._count_shape(old, -1)
         self._count_shape(info, +1)
         self.pods[key] = info
@@ -280,7 +339,8 @@ class Cache:
         if old is not None and old.gang != info.gang:  # relabelled into another gang
             self._leave_gang(old.gang, key)
         self._account(info)
-        self._join_gang(info, changed=old is None or old.obj.get("spec") != spec or old.phase != info.phase)
+        self._join_gang(info, changed=old is None or old.obj.get("spec") != spec or old.phase != info.phase
+                        or old.error != info.error)  # e.g. a conflicting label removed
         return key
 
     def delete_pod(self, key: str) -> None:
@@ -487,8 +547,16 @@ class Cache:
         group_obj = self.group_objs.get(gkey.ref) if gkey.group else None
         if gkey.group:
             group = self.groups.get(gkey.ref)
-            if group is None:
-                return GangView(gkey, None, f"PodGroup {gkey.ref} not found; the pod waits for it", waiting, None)
+            named = {p.native for p in waiting}
+            if len(named) > 1:
+                return GangView(gkey, None, f"pods name PodGroup {gkey.ref} both in {NATIVE_GROUP_FIELD} and by "
+                                f"label or annotation; none of its pods is scheduled", waiting, group_obj)
+            native = True in named
+            api = NATIVE_PODGROUP_API if native else PLUGINS_PODGROUP_API
+            if group is None or api not in self.group_srcs.get(gkey.ref, {}):
+                where = f" ({NATIVE_PODGROUP_API}, named in {NATIVE_GROUP_FIELD})" if native else ""
+                return GangView(gkey, None, f"PodGroup {gkey.ref}{where} not found; the pod waits for it", waiting,
+                                None)
             if isinstance(group, str):
                 return GangView(gkey, None, f"{group}; none of its pods is scheduled", waiting, group_obj)
         else:
@@ -514,7 +582,8 @@ class Cache:
         gated = sum(1 for p in waiting if p.gated)
         invalid = sum(1 for p in waiting if p.error and not p.gated)
         ready = len(waiting) - gated - invalid
-        parts = [f"{ready + bound} of minMember={group.min_member} pods exist"]
+        field = "minCount" if self.group_api(gkey.ref) == NATIVE_PODGROUP_API else "minMember"
+        parts = [f"{ready + bound} of {field}={group.min_member} pods exist"]
         if gated:
             parts.append(f"{gated} more wait for spec.schedulingGates to be removed")
         if invalid:
@@ -542,7 +611,8 @@ class Cache:
         out = []
         for ref, members in below.items():
             group = self.groups.get(ref)
-            elastic = group.min_member if isinstance(group, PodGroup) and len(members) > group.min_member else None
+            elastic = group.min_member if isinstance(group, PodGroup) and len(members) > group.min_member \
+                and ref not in self.whole_disruption else None
             members.sort(key=lambda p: (p.started, p.key))  # the most recently started go first
             out.append(Running(ref, tuple(p.key for p in members), max(map(self.priority, members)),
                                min(p.started for p in members), elastic, sum(p.key in violating for p in members)))

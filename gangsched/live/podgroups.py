@@ -1,4 +1,5 @@
-"""PodGroup status, as scheduler-plugins' coscheduling reports it, so `kubectl get podgroups` reads the same."""
+"""PodGroup status, as scheduler-plugins' coscheduling reports it (so `kubectl get podgroups` reads the same), and
+for Kubernetes' own PodGroups (scheduling.k8s.io/v1beta1) the condition kube-scheduler sets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from gangsched.model import PodGroup
 log = logging.getLogger(__name__)
 
 PODGROUP_API = "scheduling.x-k8s.io/v1alpha1"
+NATIVE_API = "scheduling.k8s.io/v1beta1"
+SCHEDULED = "PodGroupInitiallyScheduled"  # kube-scheduler's condition: True once, and never back
 
 
 def group_status(obj: dict, group: PodGroup, members: list[Any], assumed: int) -> dict | None:
@@ -46,12 +49,37 @@ def group_status(obj: dict, group: PodGroup, members: list[Any], assumed: int) -
     return status
 
 
+def native_status(obj: dict, group: PodGroup, members: list[Any], assumed: int, unschedulable: str) -> dict | None:
+    """The status of a native PodGroup as kube-scheduler 1.37 writes it (schedule_one_podgroup.go): condition
+    PodGroupInitiallyScheduled True (reason Scheduled) once minCount pods are placed, else False (reason
+    Unschedulable, the FailedScheduling message) after a failed attempt; once True it stays. Other conditions
+    (DisruptionTarget) are kept. None if nothing changes."""
+    old = obj.get("status") or {}
+    conditions = [c for c in old.get("conditions") or [] if isinstance(c, dict)]
+    current = next((c for c in conditions if c.get("type") == SCHEDULED), None)
+    if current is not None and current.get("status") == "True":
+        return None
+    placed = sum(1 for p in members if p.node is not None) + assumed  # bound, finished ones too
+    if placed >= group.min_member:
+        want = {"status": "True", "reason": "Scheduled", "message": ""}
+    elif unschedulable:
+        want = {"status": "False", "reason": "Unschedulable", "message": unschedulable[:32768]}
+    else:
+        return None
+    want = {"type": SCHEDULED, **want, "observedGeneration": (obj.get("metadata") or {}).get("generation", 0)}
+    if current is not None and all(current.get(k) == v for k, v in want.items()):
+        return None
+    same = current is not None and current.get("status") == want["status"]
+    want["lastTransitionTime"] = current["lastTransitionTime"] if same else now_rfc3339()  # type: ignore[index]
+    return {"conditions": [want if c is current else c for c in conditions] + ([] if current else [want])}
+
+
 class StatusWriter:
     """Merge-patches PodGroup status from its own thread; a newer status for a group replaces a queued one."""
 
     def __init__(self, client: KubeClient):
         self.client = client
-        self._pending: dict[str, dict] = {}
+        self._pending: dict[str, tuple[str, dict]] = {}
         self._last: dict[str, dict] = {}  # last status written per group
         self._cond = threading.Condition()
         self._closed = False
@@ -62,7 +90,7 @@ class StatusWriter:
         self._thread.start()
         return self
 
-    def write(self, key: str, status: dict) -> None:
+    def write(self, key: str, status: dict, api: str = PODGROUP_API) -> None:
         last = self._last.get(key)
         if last is not None and "scheduleStartTime" in status and "scheduleStartTime" in last:
             status["scheduleStartTime"] = last["scheduleStartTime"]  # the watch has not shown our write yet
@@ -70,7 +98,7 @@ class StatusWriter:
             return
         self._last[key] = status
         with self._cond:
-            self._pending[key] = status
+            self._pending[key] = (api, status)
             self._cond.notify()
 
     def _run(self) -> None:
@@ -80,10 +108,10 @@ class StatusWriter:
                     self._cond.wait()
                 if not self._pending:
                     return
-                key, status = self._pending.popitem()
+                key, (api, status) = self._pending.popitem()
             ns, name = key.split("/", 1)
             try:
-                self.client.request("PATCH", f"/apis/{PODGROUP_API}/namespaces/{ns}/podgroups/{name}/status",
+                self.client.request("PATCH", f"/apis/{api}/namespaces/{ns}/podgroups/{name}/status",
                                     {"status": status}, content_type="application/merge-patch+json")
                 self.written += 1
             except ApiError as e:

@@ -29,7 +29,7 @@ from gangsched.live.cache import Cache, GangKey, GangView
 from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import NOT_LEADER
 from gangsched.live.metrics import SchedulerMetrics
-from gangsched.live.podgroups import PODGROUP_API, group_status
+from gangsched.live.podgroups import NATIVE_API, PODGROUP_API, group_status, native_status
 from gangsched.live.ports import BindSink, Recorder, StatusSink
 from gangsched.live.preemption import Preemptor
 from gangsched.profile import Profile
@@ -241,7 +241,10 @@ class LiveScheduler:
         for p in view.waiting:
             self.recorder.record(p.obj, "Pod", "FailedScheduling", p.error or message)
         if view.group_obj is not None:
-            self.recorder.record(view.group_obj, "PodGroup", "FailedScheduling", message, api_version=PODGROUP_API)
+            api = view.group_obj.get("apiVersion") or PODGROUP_API
+            self.recorder.record(view.group_obj, "PodGroup", "FailedScheduling", message, api_version=api)
+            if api == NATIVE_API:  # its Unschedulable condition carries the message
+                self.cache.dirty_groups.add(view.key.ref)
 
     def _refresh_workload(self, now: float) -> None:
         self._workload = refresh_workload(self.core, self.profile, self.cache, self._workload, now,
@@ -294,6 +297,12 @@ class LiveScheduler:
                 continue
             members = [cache.pods[k] for k in cache.group_members.get(key, ()) if k in cache.pods]
             assumed = sum(1 for p in members if p.key in cache.assumed and p.node is None)
+            if obj.get("apiVersion") == NATIVE_API:
+                track = self.tracks.get(GangKey(*key.split("/", 1), True))  # type: ignore[call-arg]
+                status = native_status(obj, group, members, assumed, track.told if track else "")
+                if status is not None:
+                    self.status.write(key, status, api=NATIVE_API)
+                continue
             status = group_status(obj, group, members, assumed)
             if status is not None:
                 self.status.write(key, status)

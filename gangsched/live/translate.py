@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes.utils.quantity import parse_quantity
 
@@ -28,6 +28,9 @@ from gangsched.model import (
 
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"  # scheduler-plugins coscheduling
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"  # Volcano
+# Kubernetes' own PodGroups (the Workload API, KEP-4671; beta in 1.37): pods name theirs in this field.
+NATIVE_PODGROUP_API = "scheduling.k8s.io/v1beta1"
+NATIVE_GROUP_FIELD = "spec.schedulingGroup.podGroupName"
 GPU_DEVICES_ANNOTATION = "gangsched.io/gpu-devices"  # the device indices we picked, for the device plugin
 GPU_MODELS_ANNOTATION = "gangsched.io/gpu-models"  # comma-separated GPU models the pod accepts
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -321,6 +324,56 @@ def group_name(obj: dict) -> str | None:
     meta = obj.get("metadata") or {}
     return (meta.get("labels") or {}).get(POD_GROUP_LABEL) or (meta.get("annotations") or {}).get(
         VOLCANO_GROUP_ANNOTATION) or None
+
+
+def native_group_name(obj: dict) -> str | None:
+    """The native PodGroup a pod names in spec.schedulingGroup.podGroupName (Kubernetes >= 1.36)."""
+    name = _dict(_dict(obj.get("spec")).get("schedulingGroup")).get("podGroupName")
+    return name if isinstance(name, str) and name else None
+
+
+def group_conflict(obj: dict) -> str | None:
+    """Why a pod names its PodGroup ambiguously: both natively and by scheduler-plugins' label or Volcano's
+    annotation (each names a PodGroup of another API). None if it names at most one."""
+    native, other = native_group_name(obj), group_name(obj)
+    if native is None or other is None:
+        return None
+    meta = obj.get("metadata") or {}
+    field = (f"label {POD_GROUP_LABEL}" if (meta.get("labels") or {}).get(POD_GROUP_LABEL)
+             else f"annotation {VOLCANO_GROUP_ANNOTATION}")
+    return (f"pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}: {NATIVE_GROUP_FIELD}={native!r} and "
+            f"{field}={other!r} both name a PodGroup; keep one")
+
+
+class NativePolicy(NamedTuple):
+    """What a native PodGroup says beyond the gang: how it may be preempted and whether it may preempt."""
+
+    whole: bool = False  # spec.disruptionMode.all: evicted whole, never pod by pod (the default is single)
+    never_preempts: bool = False  # spec.preemptionPolicy: Never
+
+
+def native_podgroup_from(obj: dict) -> tuple[PodGroup, NativePolicy]:
+    """A `scheduling.k8s.io/v1beta1` PodGroup: a gang of spec.schedulingPolicy.gang.minCount (a basic policy: of
+    1, its pods placed as they come), its priority (spec.priority, which admission sets from priorityClassName),
+    its disruption mode and preemption policy. ModelError naming the field if it is not one."""
+    meta, spec = obj.get("metadata") or {}, _dict(obj.get("spec"))
+    ns, name = meta.get("namespace", "default"), meta["name"]
+    where = f"PodGroup {ns}/{name} ({NATIVE_PODGROUP_API})"
+    policy = _dict(spec.get("schedulingPolicy"))
+    if ("gang" in policy) == ("basic" in policy):
+        raise ModelError(f"{where}: spec.schedulingPolicy needs exactly one of basic, gang")
+    min_count = _dict(policy.get("gang")).get("minCount", 0) if "gang" in policy else 1
+    if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+        raise ModelError(f"{where}: spec.schedulingPolicy.gang.minCount={min_count} must be an integer >= 1")
+    priority = spec.get("priority")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+        raise ModelError(f"{where}: spec.priority={priority!r} must be an integer")
+    policy_name = spec.get("preemptionPolicy")
+    if policy_name not in (None, "Never", "PreemptLowerPriority"):
+        raise ModelError(f"{where}: spec.preemptionPolicy={policy_name!r}: expected Never or PreemptLowerPriority")
+    return (PodGroup(name=name, min_member=min_count, namespace=ns, priority=priority or 0,
+                     creation=parse_time(meta.get("creationTimestamp"))),
+            NativePolicy("all" in _dict(spec.get("disruptionMode")), policy_name == "Never"))
 
 
 def podgroup_from(obj: dict) -> PodGroup:
