@@ -267,8 +267,10 @@ class FakeApi:
     def __init__(self, pods: list[dict]):
         self.pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
         self.patches: list[tuple[str, dict]] = []
+        self.lists = 0
 
     def list_all(self, path, query=None):
+        self.lists += 1
         return list(self.pods.values()), "1"
 
     def request(self, method, path, body=None, **kw):
@@ -370,9 +372,10 @@ def test_what_the_kubelet_did_is_written_back(rig):
     assert ann[("ns", "a")]["metadata"]["annotations"][SCHEDULED_ANNOTATION] == "4,5"
     reasons = {(name, reason) for name, reason, _ in rig.recorder.events}
     assert reasons >= {("a", "GPUAllocationDiverged"), ("b", "GPUAllocationRecorded")}
-    n = len(rig.api.patches)
+    n, lists = len(rig.api.patches), rig.api.lists
     time.sleep(0.5)  # several reconcile periods: nothing more to write (a real wait for absence, bounded)
     assert len(rig.api.patches) == n
+    assert rig.api.lists <= lists + 1  # allocations unchanged: the node's pods are not listed again
 
 
 def test_kubelet_restart_registers_again(rig):

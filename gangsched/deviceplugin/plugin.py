@@ -25,6 +25,7 @@ from gangsched.live.translate import GPU_INVENTORY_ANNOTATION
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+FULL_PASS_SECONDS = 30.0
 
 
 class Source(Protocol):
@@ -104,6 +105,8 @@ class DevicePlugin:
         self.poke = threading.Event()  # reconcile now (an allocation just happened)
         self.stop_event = threading.Event()
         self._allocated_cache: dict[str, set[str]] = {}
+        self._reconciled: dict[str, set[str]] | None = None  # the allocations the last complete pass wrote back
+        self._full_pass_due = 0.0
         self._source_error: str | None = None
 
     # ---- the kubelet's questions -----------------------------------------------------------------------------
@@ -147,24 +150,31 @@ class DevicePlugin:
 
     # ---- what the node did, written back -----------------------------------------------------------------------
     def reconcile(self) -> int:
-        """Rewrite the annotation of every pod whose devices differ from it; the number rewritten."""
+        """Rewrite the annotation of every pod whose devices differ from it; the number rewritten. The node's pods
+        are listed only when the kubelet's allocations changed since the last complete pass (cheap at scale), and
+        every FULL_PASS_SECONDS anyway (a pod re-created under the same name can get the same devices)."""
         allocated = self.allocated()
-        if not allocated:
+        now = self.clock()
+        if not allocated or (allocated == self._reconciled and now < self._full_pass_due):
             return 0
+        self._full_pass_due = now + FULL_PASS_SECONDS
         index_of = {g.uuid: g.index for g in self.devices.gpus}
-        done = 0
+        done, complete = 0, True
         for c in allocation.corrections(self.node_pods(), allocated, index_of):
             path = f"/api/v1/namespaces/{c.pod.namespace}/pods/{c.pod.name}"
             try:
                 self.client.request("PATCH", path, c.patch, content_type=MERGE_PATCH)
             except ApiError as e:
                 log.warning("pod %s: cannot record its GPUs %s: %s", c.pod.key, c.actual, e)
+                complete = complete and e.status == 404  # gone: nothing left to record
                 continue
             done += 1
             self.metrics.corrections.labels(c.reason).inc()
             log.info("pod %s: %s", c.pod.key, c.message)
             self.recorder.record(c.pod.obj, "Pod", c.reason, c.message,
                                  warning=c.reason == "GPUAllocationDiverged")
+        if complete:
+            self._reconciled = {k: set(v) for k, v in allocated.items()}
         return done
 
     def publish(self, gpus: list[Gpu] | None = None) -> None:
