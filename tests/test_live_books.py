@@ -437,3 +437,20 @@ def test_a_pod_being_bound_keeps_its_gpu_when_its_node_comes_back(how: str) -> N
     assert live.held() == {"default/a": ("n0", (0,))} and live.binds.queued == []  # b does not get GPU 0 too
     live.answer([req])
     assert live.held() == {"default/a": ("n0", (0,))} and live.state.gpu_free.tolist() == [[0]]
+
+
+def test_pods_of_one_shape_are_translated_once_and_errors_name_their_own_pod() -> None:
+    live = Live()
+    live.put("nodes", node("n0", gpus=8))
+    a = pod("a", gpus=2)
+    b = pod("b", gpus=2)
+    b["spec"]["containers"][0]["env"] = [{"name": "RANK", "value": "1"}]  # replicas differ in what no demand reads
+    c = pod("c", gpus=3)
+    for p in (a, b, c):
+        live.put("pods", p)
+    pods = live.cache.pods
+    assert pods["default/a"].demand is pods["default/b"].demand  # one translation for the shape
+    assert pods["default/c"].demand.gpu_count == 3
+    for name in ("bad1", "bad2"):
+        live.put("pods", pod(name, gpus=1, cpu="lots"))
+    assert "bad1" in pods["default/bad1"].error and "bad2" in pods["default/bad2"].error

@@ -18,22 +18,23 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import orjson
 
 from gangsched.framework import GangInfo
 from gangsched.live import informer as inf
 from gangsched.live.budgets import Budgets
 from gangsched.live.translate import (
     GPU_MODELS_ANNOTATION,
-    demand_from,
     NATIVE_GROUP_FIELD,
     NATIVE_PODGROUP_API,
+    demand_from,
     gpu_devices,
-    group_name,
     group_conflict,
+    group_name,
     held_demand,
-    node_from,
     native_group_name,
     native_podgroup_from,
+    node_from,
     parse_time,
     podgroup_from,
 )
@@ -44,8 +45,9 @@ from gangsched.state import Assignment, ClusterState
 log = logging.getLogger(__name__)
 
 TERMINAL = ("Succeeded", "Failed")
-# what a pod's demand is made of (see translate.demand_from and pod_requests); annotations are checked apart
 PLUGINS_PODGROUP_API = "scheduling.x-k8s.io/v1alpha1"  # scheduler-plugins' PodGroup CRD (and Volcano's pods)
+# what a pod's demand is made of (see translate.demand_from and pod_requests); annotations are checked apart
+_DEMAND_MEMO_SIZE = 10_000  # distinct pod shapes remembered (see Cache._demands)
 _DEMAND_SPEC = ("containers", "initContainers", "overhead", "resources", "nodeSelector", "affinity", "tolerations")
 
 
@@ -128,13 +130,13 @@ class Cache:
         self.group_objs: dict[str, dict] = {}
         self.min_known: dict[str, int] = {}  # last valid minMember per group: outlives the group's deletion
         self.group_members: dict[str, set[str]] = {}  # PodGroup key -> keys of pods naming it
-        self.priority_classes: dict[str, int] = {}
-        self.budgets = Budgets()  # PodDisruptionBudgets: preemption prefers victims that violate none
         # PodGroup key -> API version -> object: scheduler-plugins' and native PodGroups share one name space, so
         # a name taken in both APIs is a conflict, not one silently hiding the other
         self.group_srcs: dict[str, dict[str, dict]] = {}
         self.whole_disruption: set[str] = set()  # native PodGroups with disruptionMode all: evicted only whole
         self.never_preempt_groups: set[str] = set()  # native PodGroups with preemptionPolicy Never
+        self.priority_classes: dict[str, int] = {}
+        self.budgets = Budgets()  # PodDisruptionBudgets: preemption prefers victims that violate none
         self.global_default: str | None = None  # the PriorityClass with globalDefault: true
         self.gangs: dict[GangKey, Gang] = {}
         self.assumed: dict[str, str] = {}  # pod key -> node, binding in flight
@@ -145,6 +147,7 @@ class Cache:
         self.freed = 0  # bumped whenever capacity is released or the nodes change
         self.node_epoch = 0  # bumped when the node set or a node changes
         self.shapes: Counter[Demand] = Counter()  # demands of pods held or waiting: FGD's workload
+        self._demand_memo: dict[bytes, tuple[Demand, Demand]] = {}  # see _demands
         self.stats: Counter[str] = Counter()
 
     # ---- events --------------------------------------------------------------------------------------------
@@ -303,11 +306,7 @@ class Cache:
         if old is not None and not old.conflict and _same_demand(old.obj, obj):  # most events change no demand
             demand, error, held, notes = old.demand, old.error, old.held, old.held_notes
         else:
-            demand, error = _demand(obj)
-            if demand is not None:  # its requests parsed exactly: what it holds once bound is the same
-                held, notes = Demand(requests=demand.requests, gpu_count=demand.gpu_count), []
-            else:
-                held, notes = held_demand(obj)
+            demand, error, held, notes = self._demands(obj)
         native = native_group_name(obj)
         group = native or group_name(obj)
         conflict = group_conflict(obj)
@@ -342,6 +341,25 @@ class Cache:
         self._join_gang(info, changed=old is None or old.obj.get("spec") != spec or old.phase != info.phase
                         or old.error != info.error)  # e.g. a conflicting label removed
         return key
+
+    def _demands(self, obj: dict) -> tuple[Demand | None, str | None, Demand, list[str]]:
+        """What the pod asks (or why it cannot be read) and what it holds once bound. Pods made from one
+        template ask the same: a valid answer is kept by the fields it is computed from, so a relist of
+        100,000 pods translates each shape once."""
+        memo = _demand_fields(obj)
+        hit = self._demand_memo.get(memo) if memo is not None else None
+        if hit is not None:
+            return hit[0], None, hit[1], []
+        demand, error = _demand(obj)
+        if demand is None:  # the error names the pod: not shared
+            held, notes = held_demand(obj)
+            return demand, error, held, notes
+        held = Demand(requests=demand.requests, gpu_count=demand.gpu_count)  # parsed exactly: held the same
+        if memo is not None:
+            if len(self._demand_memo) >= _DEMAND_MEMO_SIZE:
+                self._demand_memo.clear()
+            self._demand_memo[memo] = (demand, held)
+        return demand, None, held, []
 
     def delete_pod(self, key: str) -> None:
         info = self.pods.pop(key, None)
@@ -636,6 +654,29 @@ def _same_demand(a: dict, b: dict) -> bool:
     return (all(sa.get(f) == sb.get(f) for f in _DEMAND_SPEC)
             and _annotation(a) == _annotation(b)
             and _allocated(a) == _allocated(b))
+
+
+def _demand_fields(obj: dict) -> bytes | None:
+    """Every field `demand_from` and `held_demand` read, and nothing else (env, images, names of pods differ
+    between replicas), as one hashable value."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+
+    def containers(field: str) -> list:
+        cs = spec.get(field)
+        return [[c.get("name"), c.get("resources"), c.get("restartPolicy")] if isinstance(c, dict) else c
+                for c in cs] if isinstance(cs, list) else cs
+
+    affinity, conditions = spec.get("affinity"), status.get("conditions")
+    try:
+        return orjson.dumps([
+            containers("containers"), containers("initContainers"), spec.get("overhead"), spec.get("resources"),
+            spec.get("nodeSelector"), affinity.get("nodeAffinity") if isinstance(affinity, dict) else affinity,
+            spec.get("tolerations"), _annotation(obj), _allocated(obj), status.get("resize"),
+            [c for c in conditions if isinstance(c, dict) and c.get("type") == "PodResizePending"]
+            if isinstance(conditions, list) else conditions,
+        ])
+    except (TypeError, orjson.JSONEncodeError):  # nothing the API server sends; such a pod is not memoized
+        return None
 
 
 def _annotation(obj: dict) -> str | None:
