@@ -2,7 +2,8 @@
 
 The head-to-head of the README: on process nodes (pods really run, as local processes in their own network
 namespaces) with 6 GPUs in all, two TF MultiWorkerMirroredStrategy jobs of 4 workers x 1 GPU are submitted with
-their pods interleaved. gangsched binds one job whole, it trains and succeeds, then the other. kube-scheduler
+their pods interleaved. gangsched binds one job whole, it trains and succeeds, then the other; with `--mode
+extender` the real kube-scheduler places the pods, calling `gangsched extender`, to the same effect. kube-scheduler
 places pods one at a time: both jobs get some workers, neither can form its cluster, and both fail at their
 start-up deadline. The same `run_jobs` drives the e2e test (tests/e2e/test_head_to_head.py).
 """
@@ -21,6 +22,9 @@ from pathlib import Path
 from gangsched.live.kube import ApiError, KubeClient
 
 PROCESS_NODE_LABEL = "gangsched.io/process-node"
+EXTENDER_PROFILE = "gangsched-extender"  # the kube-scheduler profile that calls the extender in --mode extender
+LABELS = {"gangsched": "gangsched", "extender": "kube-scheduler + gangsched extender",
+          "kube-scheduler": "kube-scheduler"}
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -178,6 +182,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=4, help="workers per job (default 4)")
     p.add_argument("--gpus", type=int, default=6, help="GPUs on the process nodes in all (default 6, 2 per node)")
     p.add_argument("--deadline", type=int, default=45, help="start-up deadline of each training worker (s)")
+    p.add_argument("--mode", choices=("run", "extender"), default="run",
+                   help="how gangsched places the pods: `run`, as its own scheduler (default), or `extender`, "
+                        "kube-scheduler calling `gangsched extender` for filter, prioritize, bind and preempt")
     p.add_argument("--no-compare", action="store_true", help="skip the kube-scheduler half of the demo")
     p.add_argument("--keep", action="store_true", help="leave the dev cluster running afterwards")
     p.set_defaults(run=run)
@@ -193,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
     from gangsched.devcluster import DevCluster, ensure_binaries
     from gangsched.devcluster.procnode import ProcessNodes
 
-    say("gangsched demo: two 4-worker TensorFlow jobs on 6 GPUs, gangsched vs kube-scheduler")
+    say(f"gangsched demo: two 4-worker TensorFlow jobs on 6 GPUs, "
+        f"{LABELS['extender' if args.mode == 'extender' else 'gangsched']} vs kube-scheduler")
     binaries = ensure_binaries(progress=say)
     state_dir = args.dir or Path(tempfile.mkdtemp(prefix="gangsched-demo-"))
     cluster = DevCluster(state_dir, binaries=binaries)
@@ -209,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
         create_gpu_nodes(cluster.api_client(), 8, gpus=8)
         with ProcessNodes(client, names, gpus_per_node=args.gpus // n_nodes,
                           workdir=state_dir / "procnodes") as nodes:
-            runs = [("gangsched", "gangsched")] + ([] if args.no_compare else [("kube-scheduler", "default-scheduler")])
+            first = ("extender", EXTENDER_PROFILE) if args.mode == "extender" else ("gangsched", "gangsched")
+            runs = [first] + ([] if args.no_compare else [("kube-scheduler", "default-scheduler")])
             for label, scheduler_name in runs:
                 results.append(_one_run(cluster, client, nodes, label, scheduler_name, args))
     finally:
@@ -223,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         say(tl.table())
         say("")
     ok = results and all(results[0].outcome(j) == "succeeded" for j in results[0].jobs())
-    say("gangsched: both jobs succeeded, one after the other." if ok else "gangsched: NOT every job succeeded.")
+    who = results[0].scheduler if results else "gangsched"
+    say(f"{who}: both jobs succeeded, one after the other." if ok else f"{who}: NOT every job succeeded.")
     if len(results) > 1:
         outcomes = {j: results[1].outcome(j) for j in results[1].jobs()}
         say(f"kube-scheduler: {', '.join(f'{j} {o}' for j, o in sorted(outcomes.items()))}.")
@@ -245,7 +255,7 @@ def _one_run(cluster, client: KubeClient, nodes, label: str, scheduler_name: str
             if o["kind"] == "Pod":
                 o["spec"]["nodeSelector"] = {PROCESS_NODE_LABEL: "true"}
         jobs.append(objs)
-    say(f"\n== {label}: starting the scheduler, submitting job-a and job-b (pods interleaved) ==")
+    say(f"\n== {LABELS[label]}: starting the scheduler, submitting job-a and job-b (pods interleaved) ==")
     proc = _start_scheduler(cluster, label, scheduler_name)
     t0 = time.monotonic()
 
@@ -253,7 +263,7 @@ def _one_run(cluster, client: KubeClient, nodes, label: str, scheduler_name: str
         say(f"  {time.monotonic() - t0:6.1f}s  {pod:<20} {what}")
 
     try:
-        timeline = run_jobs(client, namespace, jobs, label, timeout=args.deadline * 3 + 120, on_change=show)
+        timeline = run_jobs(client, namespace, jobs, LABELS[label], timeout=args.deadline * 3 + 120, on_change=show)
     finally:
         proc.stop()
         delete_all(client, namespace)
@@ -262,7 +272,28 @@ def _one_run(cluster, client: KubeClient, nodes, label: str, scheduler_name: str
     return timeline
 
 
+def start_extender_mode(cluster, scheduler_name: str, log_dir: Path):
+    """`gangsched extender` for kube-scheduler profile `scheduler_name`, then the real kube-scheduler with that
+    profile calling it (nodeCacheCapable, ignorable: false); `stop()` stops both, kube-scheduler first."""
+    from gangsched.extender.process import ExtenderProcess
+
+    ext = ExtenderProcess(cluster.kubeconfig, log_dir / f"extender-{scheduler_name}.log", scheduler_name).wait_ready()
+    try:
+        sched = cluster.start_kube_scheduler_with_extender(scheduler_name, ext.url)
+    except BaseException:
+        ext.stop()
+        raise
+
+    class _Both:
+        def stop(self) -> None:
+            sched.stop()
+            ext.stop()
+    return _Both()
+
+
 def _start_scheduler(cluster, label: str, scheduler_name: str):
+    if label == "extender":
+        return start_extender_mode(cluster, scheduler_name, cluster.state_dir / "logs")
     if label == "gangsched":
         import subprocess
         log = open(cluster.state_dir / "logs" / "gangsched-demo.log", "ab")  # noqa: SIM115 (owned by the process)

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from gangsched.demo import PROCESS_NODE_LABEL, Timeline, delete_all, run_jobs
+from gangsched.demo import EXTENDER_PROFILE, PROCESS_NODE_LABEL, Timeline, delete_all, run_jobs, start_extender_mode
 from gangsched.devcluster.procnode import ProcessNodes
 from gangsched.jobs.manifests import pytorch_job, tf_job
 from gangsched.live.kube import KubeClient
@@ -79,6 +79,27 @@ def test_head_to_head_gangsched_runs_both_jobs_one_after_the_other(client, procn
     first, second = sorted(first_bound, key=first_bound.__getitem__)
     # Whole gangs, one after the other: the second job got no GPU while the first ran; it was bound once the
     # first job's workers finished (as seen by polling every 0.25 s, hence the tolerance).
+    done = max(p.finished or 0.0 for p in timeline.jobs()[first])
+    assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
+    assert first_bound[second] >= done - 1.0, (first_bound, done)
+
+
+def test_head_to_head_extender_runs_both_jobs_one_after_the_other(client, procnodes, namespace, devcluster,
+                                                                  tmp_path):
+    """`gangsched demo --mode extender`: the real kube-scheduler places the pods, calling `gangsched extender`."""
+    jobs = [on_process_nodes(tf_job(j, namespace, workers=4, gpus_per_worker=1, scheduler_name=EXTENDER_PROFILE,
+                                    deadline=120)) for j in ("job-a", "job-b")]
+    both = start_extender_mode(devcluster, EXTENDER_PROFILE, tmp_path)
+    try:
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler + gangsched extender", timeout=420)
+    finally:
+        both.stop()
+        print((tmp_path / f"extender-{EXTENDER_PROFILE}.log").read_text(errors="replace")[-3000:])
+    show(timeline, procnodes, namespace)
+    assert {j: timeline.outcome(j) for j in timeline.jobs()} == {"job-a": "succeeded", "job-b": "succeeded"}
+    first_bound = {j: min(p.bound or 0.0 for p in pods) for j, pods in timeline.jobs().items()}
+    first, second = sorted(first_bound, key=first_bound.__getitem__)
+    # whole gangs, one after the other, as under `gangsched run`
     done = max(p.finished or 0.0 for p in timeline.jobs()[first])
     assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
     assert first_bound[second] >= done - 1.0, (first_bound, done)
