@@ -325,6 +325,16 @@ def ensure_helm(progress: Progress = print) -> Path:
     return dest / "helm"
 
 
+# The Go bind-only ceiling of benchmarks/live_throughput.py (`ceiling-go`): client-go of deploy/k8sbin's release.
+CEILINGBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "ceilingbin"
+CEILING_PACKAGES = {"github.com/gangsched/gangsched/deploy/ceilingbin/bind-ceiling": "bind-ceiling"}
+
+
+def ensure_bind_ceiling(progress: Progress = print) -> Path:
+    dest = _ensure_tool(CEILINGBIN_DIR, "bind-ceiling", "k8s.io/client-go", CEILING_PACKAGES, lambda v: "", progress)
+    return dest / "bind-ceiling"
+
+
 # The prometheus-operator CRDs (ServiceMonitor, PrometheusRule), from its Go module, so the chart test can
 # dry-run the chart's optional monitoring objects against a real API server.
 PROM_OPERATOR_VERSION = "v0.85.0"
