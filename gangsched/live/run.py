@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import queue
@@ -27,7 +28,7 @@ from gangsched.live.metrics import registry_for
 from gangsched.live.podgroups import StatusWriter
 from gangsched.live.ports import Recorder
 from gangsched.live.preemption import ApiEvictor, Preemptor
-from gangsched.live.scheduler import LiveScheduler
+from gangsched.live.scheduler import CALL, LiveScheduler
 from gangsched.profile import Profile, load_profile
 from gangsched.state import ClusterState
 
@@ -47,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leader-elect", action="store_true", help="lead through a coordination.k8s.io Lease first")
     p.add_argument("--lease-namespace", default="default")
     p.add_argument("--lease-name", default="gangsched")
-    p.add_argument("--health-port", type=int, default=0, help="serve /healthz and /metrics here (0: off)")
+    p.add_argument("--health-port", type=int, default=0,
+                   help="serve /healthz, /metrics and /debug/books (what the cache holds, as JSON) here (0: off)")
     p.add_argument("--no-events", action="store_true", help="do not post Events (benchmarks)")
     p.add_argument("--no-preemption", action="store_true",
                    help="never evict lower-priority gangs to make room (priority then only orders the queue)")
@@ -154,7 +156,26 @@ def run(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def serve_health(sched: LiveScheduler, port: int) -> ThreadingHTTPServer:
+def books(cache: Cache) -> dict:
+    """What the cache holds, as JSON: pod key -> [node, devices] for every pod holding a node (bound, or assumed
+    while its binding is in flight), and which of those are assumed, or held on guessed devices (no annotation)."""
+    return {"pods": {k: [a.node_name, list(a.devices)] for k, a in cache.state.assignments.items()},
+            "assumed": sorted(cache.assumed), "guessed": sorted(cache.guessed), "unplaced": sorted(cache.unplaced),
+            "nodes": len(cache.nodes)}
+
+
+def read_books(sched: LiveScheduler, timeout: float = 10.0) -> dict | None:
+    """`books` taken on the scheduling thread between two passes (so never half-way through an event); None if
+    the loop does not come to it within `timeout`."""
+    reply: queue.Queue = queue.Queue(maxsize=1)
+    sched.events.put((CALL, "", lambda: reply.put(books(sched.cache))))
+    try:
+        return reply.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def serve_health(sched: LiveScheduler, port: int, books_timeout: float = 10.0) -> ThreadingHTTPServer:
     registry = registry_for(sched)
 
     class Handler(BaseHTTPRequestHandler):
@@ -164,6 +185,10 @@ def serve_health(sched: LiveScheduler, port: int) -> ThreadingHTTPServer:
                 body, code, ctype = (b"ok" if ok else b"scheduling loop stuck"), (200 if ok else 500), "text/plain"
             elif self.path == "/metrics":
                 body, code, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+            elif self.path == "/debug/books":  # read-only: the soak benchmark compares it with the API server
+                snap = read_books(sched, books_timeout)
+                body = json.dumps(snap).encode() if snap is not None else b"scheduling loop not answering"
+                code, ctype = (200, "application/json") if snap is not None else (503, "text/plain")
             else:
                 body, code, ctype = b"not found", 404, "text/plain"
             self.send_response(code)

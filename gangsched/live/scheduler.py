@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BIND_RETRIES = 5
 GATHER_GRACE = 2.0  # seconds a gang may lack pods before its members are told (its controller creates them)
+CALL = "CALL"  # an event kind: run the callable on the loop's thread, between passes (a consistent read)
 
 
 @dataclass
@@ -120,6 +121,8 @@ class LiveScheduler:
         try:
             if kind == BIND:
                 self._bind_done(obj)
+            elif kind == CALL:
+                obj()
             else:
                 self.cache.apply(kind, typ, obj)
         except Exception:  # one bad object must not stop the loop: it is skipped, and logged
