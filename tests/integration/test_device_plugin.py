@@ -179,7 +179,8 @@ def test_without_the_preference_the_kubelet_diverges_and_the_books_follow(node, 
     # the kubelet takes free devices in Go's random map order: all 14 matching gangsched's picks by chance is
     # below 1 in 8! x 2,520 (the eight 1-GPU pods alone: 1 in 40,320)
     assert diverged, runs
-    assert {e["involvedObject"]["name"] for e in pods.events("GPUAllocationDiverged")} == set(diverged)
+    wait_for(lambda: {e["involvedObject"]["name"] for e in pods.events("GPUAllocationDiverged")} == set(diverged),
+             timeout=20, what=f"a GPUAllocationDiverged Event for each of {diverged}")  # posted asynchronously
     assert_no_gpu_twice(runs, ["c1", "d4", "e2", "f1"])  # the books followed the node: no device given twice
     print(f"diverged: {len(diverged)} of {len(runs)} pods; d4 got {runs['d4'][0]} "
           f"({'one island' if any(set(runs['d4'][0]) == i for i in ISLANDS) else 'split across islands'})")
@@ -224,7 +225,7 @@ def test_a_pod_bound_elsewhere_gets_devices_and_gangsched_books_follow(node, pod
     pods.create("other", 3, scheduler="default-scheduler", node_name=node.name)  # bound by "someone else"
     theirs = pods.seen("other")
     wait_for(lambda: pods.annotation("other") == theirs, timeout=20, what="the plugin recording other's devices")
-    assert pods.events("GPUAllocationRecorded")
+    wait_for(lambda: pods.events("GPUAllocationRecorded"), timeout=20, what="the GPUAllocationRecorded Event")
     got, picked = pods.run("rest", 5)
     assert got == picked == tuple(d for d in range(8) if d not in theirs)
     assert not pods.events("GPUAllocationDiverged")
