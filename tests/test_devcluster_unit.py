@@ -57,3 +57,31 @@ def test_refuses_foreign_directory(tmp_path: Path) -> None:
         DevCluster(tmp_path).up()
     DevCluster(tmp_path).down()
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_the_control_plane_module_is_switchable_and_the_coscheduler_keeps_its_own_pin(monkeypatch) -> None:
+    from gangsched.devcluster import binaries as b
+
+    default = b.k8s_cache_dir()
+    monkeypatch.setenv(b.K8SBIN_ENV, "deploy/k8sbin137")
+    assert b.k8sbin_dir() == b.REPO / "deploy" / "k8sbin137"
+    assert b._k8s_version((b.k8sbin_dir() / "go.mod").read_text()) == "v1.37.2"
+    assert b.k8s_cache_dir() != default and b.k8s_cache_dir().name.startswith("k8s-v1.37.2-")
+    cosched = (b.COSCHEDBIN_DIR / "go.mod").read_text()
+    assert b._pinned_version(cosched, "sigs.k8s.io/scheduler-plugins") == "v0.34.7"
+    assert b._k8s_version(cosched) == "v1.34.4"  # the release scheduler-plugins v0.34.7 was built against
+
+
+def test_the_workload_api_is_switched_on_from_1_37(tmp_path: Path) -> None:
+    from gangsched.devcluster import Binaries
+
+    def cluster(version: str) -> DevCluster:
+        return DevCluster(tmp_path, binaries=Binaries(*(tmp_path / n for n in "abcde"), k8s_version=version))
+
+    new, old = cluster("v1.37.2"), cluster("v1.34.4")
+    assert new.workload_api and not old.workload_api
+    assert new._workload_api_flags(runtime_config=True) == ["--feature-gates=GenericWorkload=true",
+                                                            "--runtime-config=scheduling.k8s.io/v1beta1=true"]
+    assert old._workload_api_flags(runtime_config=True) == []
+    with pytest.raises(DevClusterError, match=r"needs Kubernetes >= 1\.37"):
+        old.start_kube_scheduler("native", gangs=True)

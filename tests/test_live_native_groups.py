@@ -164,7 +164,7 @@ def test_a_relist_of_one_api_keeps_the_other_apis_podgroups() -> None:
 ])
 def test_an_invalid_native_podgroup_is_an_event_naming_the_field(spec: dict, field: str) -> None:
     obj = {"metadata": {"name": "g", "namespace": "default"}, "spec": spec}
-    with pytest.raises(ModelError, match="PodGroup default/g \\(scheduling.k8s.io/v1beta1\\)"):
+    with pytest.raises(ModelError, match=r"PodGroup default/g \(scheduling\.k8s\.io/v1beta1\)"):
         native_podgroup_from(obj)
     live = Live()
     live.put("nodes", node("n0"))
