@@ -20,6 +20,10 @@ Schedulers, each on each workload in a fresh namespace:
   kube-scheduler      kube-scheduler 1.34 with deploy/kube-scheduler-config.yaml: client QPS 50 / burst 100
   kube-scheduler-qps  the same with clientConnection qps/burst = Q/B
   coscheduler         scheduler-plugins' scheduler with deploy/coscheduler-config.yaml at Q/B
+  extender            kube-scheduler 1.34 (client Q/B) with the `extenders` stanza of `gangsched extender
+                      --print-config` (nodeCacheCapable, filter/prioritize/bind/preempt) calling a
+                      `gangsched extender --qps Q --burst B` process, which posts the bindings; not in the
+                      default set. Its rows also carry the extender's per-verb latency from its /metrics
   ceiling             a process that only posts the bindings (round-robin over nodes with free GPUs) through
                       gangsched's Binder and KubeClient with the same Q/B and W: what binding alone allows
 
@@ -73,6 +77,7 @@ except ImportError:
 from gangsched.devcluster import DevCluster, DevClusterError, ProcessHandle, delete_nodes  # noqa: E402
 from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
 from gangsched.devcluster.nodes import GPU_RESOURCE, gpu_node_manifest  # noqa: E402
+from gangsched.extender.process import ExtenderError, ExtenderProcess  # noqa: E402
 from gangsched.live.binder import Binder, BindRequest  # noqa: E402
 from gangsched.live.kube import ApiError, KubeClient, now_rfc3339  # noqa: E402
 from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
@@ -86,12 +91,13 @@ BENCH_LABEL = "gangsched.io/bench"
 PG_API = "/apis/scheduling.x-k8s.io/v1alpha1"
 GANG = 8
 SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "ceiling")  # the default set
-OPTIONAL = ("gangsched-baseline",)  # an older gangsched (--baseline), only when asked for
+OPTIONAL = ("gangsched-baseline", "extender")  # an older gangsched (--baseline); kube-scheduler + extender
 PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler")
 WORKLOADS = ("single", "gang8")
 # spec.schedulerName of the pods each scheduler serves; nobody serves the ceiling's.
 SCHEDULER_NAME = {"gangsched": "gangsched", "gangsched-baseline": "gangsched", "kube-scheduler": "default-scheduler",
-                  "kube-scheduler-qps": "default-scheduler", "coscheduler": "coscheduler", "ceiling": "bench-ceiling"}
+                  "kube-scheduler-qps": "default-scheduler", "coscheduler": "coscheduler", "ceiling": "bench-ceiling",
+                  "extender": "gangsched-extender"}
 
 
 # ---- objects ------------------------------------------------------------------------------------------------
@@ -288,13 +294,25 @@ class Running:
     proc: subprocess.Popen[bytes] | None = None
     handle: ProcessHandle | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    extender: ExtenderProcess | None = None  # beside `handle`, the kube-scheduler that calls it
 
     def alive(self) -> bool:
+        if self.extender is not None and not self.extender.alive():
+            return False
         if self.proc is not None:
             return self.proc.poll() is None
         return self.handle is not None and self.handle.alive()
 
     def stop(self, timeout: float = 60.0) -> int | None:
+        if self.extender is not None:
+            self.extra["extender_metrics"] = self.extender.metrics()  # before it goes
+            try:
+                return self._stop(timeout)
+            finally:
+                self.extender.stop(timeout)
+        return self._stop(timeout)
+
+    def _stop(self, timeout: float) -> int | None:
         if self.proc is not None:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -363,9 +381,66 @@ def start_scheduler(which: str, opt: Options, ns: str, run: str, tag: str,
     elif which == "coscheduler":
         cfg = scheduler_config(DEPLOY / "coscheduler-config.yaml", opt.kubeconfig, opt.qps, opt.burst)
         h = opt.cluster.start_coscheduler(name=tag, config=cfg, timeout=120)
+    elif which == "extender":
+        return start_extender(opt, tag, log)
     else:
         raise ValueError(which)
     return Running(which, log, handle=h)
+
+
+def start_extender(opt: Options, tag: str, log: Path) -> Running:
+    from gangsched.extender.run import scheduler_config as extender_config
+
+    assert opt.cluster is not None
+    name = SCHEDULER_NAME["extender"]
+    ext = ExtenderProcess(opt.kubeconfig, opt.log_dir / f"{tag}-extender.log", name, "--qps", str(opt.qps),
+                          "--burst", str(opt.burst), "--log-level", "WARNING")
+    try:
+        ext.wait_ready(120)
+        h = opt.cluster.start_kube_scheduler(name=tag, config=extender_config(name, ext.url), qps=opt.qps,
+                                             burst=opt.burst, timeout=120)
+    except (ExtenderError, DevClusterError) as e:
+        ext.stop()
+        raise DevClusterError(str(e)) from e
+    return Running("extender", log, handle=h, extender=ext)
+
+
+def verb_latency(metrics: str) -> dict[str, Any]:
+    """Per-verb calls and p50/p99/mean (ms) from the extender's request-duration histogram; quantiles
+    interpolated linearly within a bucket, as PromQL's histogram_quantile does."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    sums: dict[str, float] = {}
+    for fam in text_string_to_metric_families(metrics):
+        if fam.name != "gangsched_extender_request_duration_seconds":
+            continue
+        for sample in fam.samples:
+            verb = sample.labels.get("verb", "")
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(verb, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_sum"):
+                sums[verb] = sample.value
+    out: dict[str, Any] = {}
+    for verb, bs in buckets.items():
+        bs.sort()
+        total = bs[-1][1]
+        if not total:
+            continue
+
+        def q(frac: float, bs: list[tuple[float, float]] = bs, total: float = total) -> float:
+            rank, lo, below = frac * total, 0.0, 0.0
+            for le, count in bs:
+                if count >= rank:
+                    if le == float("inf"):
+                        return lo * 1e3
+                    return (lo + (le - lo) * (rank - below) / max(count - below, 1e-9)) * 1e3
+                lo, below = le, count
+            return lo * 1e3
+        under2 = next((c for le, c in bs if le == 0.002), float("nan"))
+        out[verb] = {"calls": int(total), "p50_ms": q(0.5), "p99_ms": q(0.99), "mean_ms": sums[verb] / total * 1e3,
+                     "under_2ms": under2 / total}
+    return out
 
 
 # ---- one measurement ------------------------------------------------------------------------------------------
@@ -410,6 +485,8 @@ def measure(which: str, wl: Workload, n_nodes: int, opt: Options, admin: KubeCli
     row = summarize(which, wl, n_nodes, start, watcher)
     row.update(namespace=ns, create_s=round(create_s, 2), stop_s=round(stop_s, 2), exit_code=rc,
                log=str(sched.log) if sched else None)
+    if sched is not None and sched.extra.get("extender_metrics"):
+        row["extender_verbs"] = verb_latency(sched.extra["extender_metrics"])
     if error:
         row["error"] = error
         row["log_tail"] = sched.log_tail() if sched else ""
@@ -754,6 +831,12 @@ def report(runs: list[dict[str, Any]]) -> str:
                      r.get("spread_p99_ms", nan), r.get("spread_max_ms", nan), r["done_p50_s"], r["done_p99_s"],
                      r.get("partial_gangs", "-"), g / r["pods_per_s"] if r["pods_per_s"] > 0 else nan])
     lines = [table(headers, rows, title="Live scheduling on a real kube-apiserver (KWOK nodes): pods bound per second")]
+    verbs = [[r["nodes"], r["workload"], verb, v["calls"], v["p50_ms"], v["p99_ms"], v["mean_ms"], v["under_2ms"]]
+             for r in runs for verb, v in sorted((r.get("extender_verbs") or {}).items())]
+    if verbs:
+        lines.append(table(["nodes", "workload", "verb", "calls", "p50 ms", "p99 ms", "mean ms", "<= 2 ms"], verbs,
+                           title="gangsched extender, per verb, server side (body read to answer; bind includes "
+                                 "its wait at the gang's barrier)"))
     for key, c in compare(runs).items():
         goals = [f"{name[5:]}: {'met' if met else 'MISSED'}" for name, met in c.items()
                  if name.startswith("goal_") and met is not None]
