@@ -27,9 +27,9 @@ def load_script() -> ModuleType:
 def test_live_throughput_tiny_run(devcluster: DevCluster, tmp_path: Path, capsys) -> None:
     bench = load_script()
     out = tmp_path / "live_throughput.json"
-    pods = 32
+    pods = 128  # one mix block; 90 % of the 20 nodes' 160 GPUs
     rc = bench.main(["--kubeconfig", str(devcluster.kubeconfig), "--nodes", "20", "--pods", str(pods),
-                     "--timeout", "120", "--out", str(out)])
+                     "--rounds", "1", "--timeout", "120", "--out", str(out)])
     assert rc == 0
     assert "pods bound per second" in capsys.readouterr().out
 
@@ -41,9 +41,12 @@ def test_live_throughput_tiny_run(devcluster: DevCluster, tmp_path: Path, capsys
         assert r["bound"] == pods, r
         assert "error" not in r, r
         assert r["pods_per_s"] > 0
-        if r["workload"] == "gang8":
-            assert r["gangs_complete"] == pods // 8 and r["partial_gangs"] == 0, r
-    assert "20/gang8" in doc["comparison"]
+        assert r["rounds_complete"] == 1 and len(r["rounds"]) == 1, r
+        assert r["pods_per_s_min"] <= r["pods_per_s"] <= r["pods_per_s_max"]
+        gangs = {"single": 0, "gang8": pods // 8, "gang64": pods // 64, "mix": 5}[r["workload"]]
+        if gangs:
+            assert r["gangs_complete"] == gangs and r["partial_gangs"] == 0, r
+    assert "20/gang8" in doc["comparison"] and "ceiling-go" in doc["comparison"]["20/mix"]["gangsched_over"]
     assert doc["meta"]["kwok_stopped"] is False  # a shared cluster keeps its KWOK
 
     client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
