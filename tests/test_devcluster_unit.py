@@ -72,6 +72,16 @@ def test_the_control_plane_module_is_switchable_and_the_coscheduler_keeps_its_ow
     assert b._k8s_version(cosched) == "v1.34.4"  # the release scheduler-plugins v0.34.7 was built against
 
 
+def test_the_go_bind_ceiling_uses_the_client_go_the_control_plane_modules_are_replaced_with() -> None:
+    from gangsched.devcluster import binaries as b
+
+    k8s = (b.K8SBIN_DIR / "go.mod").read_text()
+    ceiling = (b.CEILINGBIN_DIR / "go.mod").read_text()
+    for mod in ("k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery"):
+        assert b._pinned_version(ceiling, mod) == b._pinned_version(k8s, mod) == "v0.34.4", mod
+    assert (b.CEILINGBIN_DIR / "bind-ceiling" / "main.go").exists()
+
+
 def test_the_workload_api_is_switched_on_from_1_37(tmp_path: Path) -> None:
     from gangsched.devcluster import Binaries
 

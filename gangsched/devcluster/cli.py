@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="build (or find cached) kube-apiserver, kube-scheduler, coscheduler and "
                            "kwok")
     build.add_argument("--tools", action="store_true",
-                       help="also Prometheus, promtool, helm and the prometheus-operator CRDs (metrics, chart tests)")
+                       help="also Prometheus, promtool, helm, the prometheus-operator CRDs (metrics, chart tests) and "
+                       "bind-ceiling (live_throughput.py)")
     build.add_argument("--kubelet", action="store_true", help="also the kubelet (devcluster up --kubelet-nodes)")
     build.set_defaults(run=run_build)
 
@@ -60,9 +61,15 @@ def run_build(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     paths = dict(vars(ensure_binaries()))
     if getattr(args, "tools", False):
-        from gangsched.devcluster.binaries import ensure_helm, ensure_prometheus, ensure_prometheus_operator_crds
+        from gangsched.devcluster.binaries import (
+            ensure_bind_ceiling,
+            ensure_helm,
+            ensure_prometheus,
+            ensure_prometheus_operator_crds,
+        )
 
         paths |= vars(ensure_prometheus()) | {"helm": ensure_helm(), "operator CRDs": ensure_prometheus_operator_crds()}
+        paths["bind-ceiling"] = ensure_bind_ceiling()  # live_throughput's ceiling-go (its integration test)
     if getattr(args, "kubelet", False):
         from gangsched.devcluster.kubeletnode import ensure_kubelet
 
