@@ -466,3 +466,20 @@ def test_busybox_image_is_a_docker_archive_with_one_layer(tmp_path):
     assert {"bin/busybox", "bin/sh", "bin/sleep"} <= names
     assert config["config"]["Entrypoint"][0] == "/bin/sleep"  # also the pods' sandbox image
     assert len(config["rootfs"]["diff_ids"]) == 1
+
+
+def test_nvml_missing_or_without_a_driver_is_one_clear_error():
+    from gangsched.deviceplugin.inventory import nvml_source
+
+    def missing():
+        raise ImportError("No module named 'pynvml'")
+
+    with pytest.raises(InventoryError, match=r"gangsched\[nvml\].*--devices FILE"):
+        nvml_source(loader=missing)
+    err = type("NVMLError", (Exception,), {})
+
+    def no_driver():
+        raise err("Driver Not Loaded")
+
+    with pytest.raises(InventoryError, match=r"NVML: Driver Not Loaded \(is the NVIDIA driver installed"):
+        nvml_source(loader=lambda: SimpleNamespace(NVMLError=err, nvmlInit=no_driver))

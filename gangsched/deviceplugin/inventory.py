@@ -223,7 +223,7 @@ def nvml_source(loader: Callable[[], Any] | None = None) -> NvmlSource:
     try:
         nvml = loader() if loader else __import__("pynvml")
     except ImportError:
-        raise InventoryError("NVML discovery needs nvidia-ml-py (pip install nvidia-ml-py), "
+        raise InventoryError("NVML discovery needs nvidia-ml-py (pip install 'gangsched[nvml]'), "
                              "or pass --devices FILE") from None
     try:
         nvml.nvmlInit()
