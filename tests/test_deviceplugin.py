@@ -68,6 +68,14 @@ def test_choose_takes_the_oldest_of_equal_candidates_and_skips_pods_already_allo
     assert choose(1, free, [], pods, {"ns/old": {UUIDS[6]}}, UUID_OF).pod.name == "new"
 
 
+def test_choose_serves_a_pods_containers_one_at_a_time():
+    pods = [bound("two", (3, 4))]  # two containers of 1 GPU each
+    assert choose(1, UUIDS, [], pods, {}, UUID_OF).devices == (UUIDS[3],)
+    # the first container has device 3 (pod-resources): the second gets the rest of the annotation
+    free = [u for u in UUIDS if u != UUIDS[3]]
+    assert choose(1, free, [], pods, {"ns/two": {UUIDS[3]}}, UUID_OF).devices == (UUIDS[4],)
+
+
 def test_choose_lets_the_kubelet_choose_when_the_annotated_devices_are_not_free():
     pods = [bound("a", (0, 1))]
     c = choose(2, UUIDS[1:], [], pods, {}, UUID_OF)
