@@ -14,11 +14,12 @@ from gangsched.extender.server import Extender
 from gangsched.live import informer as inf
 from gangsched.live.binder import binding_body
 from gangsched.live.cache import Cache
+from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import ApiError
 from gangsched.live.translate import GPU_DEVICES_ANNOTATION
 from gangsched.profile import load_profile
 from gangsched.state import ClusterState
-from tests.livekit import T0, node, pod, podgroup
+from tests.livekit import T0, Events, node, pod, podgroup
 
 SCHED = "default-scheduler"
 
@@ -326,3 +327,129 @@ def test_members_turned_away_are_called_back_when_their_gang_is_placed():
     assert book.filter(info(book, last), NAMES).nodes
     assert sorted(n for n, _ in nudged) == ["g-0", "g-1"]  # not g-2, which is being scheduled right now
     assert all("is placed whole on" in m for _, m in nudged)
+
+
+class Statuses:
+    def __init__(self) -> None:
+        self.written: list[tuple[str, dict]] = []
+
+    def write(self, key: str, status: dict, api: str = "") -> None:
+        self.written.append((key, status))
+
+    def phases(self, key: str) -> list[str]:
+        return [s["phase"] for k, s in self.written if k == key]
+
+
+def with_giveback(book: Locked, leading: list[bool] | None = None):
+    """The book wired as `gangsched extender` wires it: give-back (timeout 60 s) and PodGroup status."""
+    deleted: list[str] = []
+    events = Events()
+    statuses = Statuses()
+
+    def delete(obj: dict) -> bool:
+        deleted.append(obj["metadata"]["name"])
+        return True
+
+    b = book.book
+    b.giveback = GiveBack(b.cache, delete, events, default_timeout=60.0)
+    b.status = statuses
+    if leading is not None:
+        b.writes = lambda: leading[0]
+    return deleted, events, statuses
+
+
+def bound_by_watch(book: Locked, p: dict, node_name: str, phase: str = "Pending") -> None:
+    book.apply("pods", "MODIFIED", dict(p, spec=dict(p["spec"], nodeName=node_name), status={"phase": phase}))
+
+
+def test_a_gang_half_bound_after_a_binding_failed_for_good_gives_back_its_bound_members():
+    book, _, clock = make()
+    deleted, events, statuses = with_giveback(book)
+    add(book, podgroup("g", 3))
+    pods = members(book, "g", 3)
+    book.filter(info(book, pods[0]), NAMES)
+    nodes = dict(book.cache.assumed)
+    refused = ApiError(403, "Forbidden", "admission webhook denied the binding")
+    book.book.post = lambda req: refused if req.name == "g-2" else None
+    results: dict[str, str | None] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, book.bind(BindArgs(
+        f"g-{i}", "default", pods[i]["metadata"]["uid"], nodes[f"default/g-{i}"])))) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert results[0] is None and results[1] is None and "Forbidden" in results[2]
+    for i in (0, 1):  # the watch shows the two that were bound
+        bound_by_watch(book, pods[i], nodes[f"default/g-{i}"])
+    book.tick()
+    assert statuses.phases("default/g")[-1] == "Scheduled"  # g-2 still reserved for kube-scheduler's retry
+    for _ in range(3):  # which the webhook refuses again and again: only members bound count
+        (node_name,) = book.filter(info(book, pods[2]), NAMES).nodes  # kube-scheduler's retry: filter, bind
+        assert "Forbidden" in book.bind(BindArgs("g-2", "default", pods[2]["metadata"]["uid"], node_name))
+        clock.now += 19
+        book.tick()
+    assert not deleted
+    clock.now += 4
+    book.tick()
+    assert sorted(deleted) == ["g-0", "g-1"]  # below minMember for the timeout: what they hold goes back
+    assert any(reason == "GangIncomplete" and "2 of minMember=3 pods bound" in msg
+               for _, _, reason, msg in events.items)
+
+
+def test_podgroup_status_follows_the_gang_in_extender_mode():
+    book, _, _ = make()
+    _, _, statuses = with_giveback(book)
+    add(book, podgroup("g", 2))
+    assert statuses.phases("default/g") == ["Pending"]
+    pods = members(book, "g", 2)
+    book.filter(info(book, pods[0]), NAMES)
+    book.tick()
+    assert statuses.phases("default/g")[-1] == "Scheduled"  # reserved whole
+    for p in pods:
+        bound_by_watch(book, p, book.cache.assumed[f"default/{p['metadata']['name']}"], phase="Running")
+    book.tick()
+    assert statuses.phases("default/g")[-1] == "Running"
+    assert statuses.written[-1][1]["running"] == 2
+
+
+def test_a_replica_whose_kube_scheduler_does_not_lead_writes_nothing_until_it_does():
+    book, _, clock = make()
+    leading = [False]
+    deleted, _, statuses = with_giveback(book, leading)
+    add(book, podgroup("g", 3))
+    a, b = members(book, "g", 2)
+    bound_by_watch(book, a, "n0")  # bound by the leader, whose gang is now incomplete
+    bound_by_watch(book, b, "n1")
+    clock.now += 120
+    book.tick()
+    assert not statuses.written and not deleted
+    leading[0] = True
+    book.tick()
+    assert statuses.phases("default/g") == ["Scheduling"]  # the changes kept meanwhile are written now
+    clock.now += 61
+    book.tick()
+    assert sorted(deleted) == ["g-0", "g-1"]  # its own timeout, counted from when it leads
+
+
+def test_lease_follower_leads_while_the_kube_scheduler_beside_it_holds_the_lease():
+    from gangsched.extender.run import LeaseFollower
+
+    class Leases:
+        holder: str | None = "other-host_1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+        def request(self, method: str, path: str, body=None, **kw) -> dict:
+            assert (method, path) == ("GET", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/"
+                                             "kube-scheduler")
+            if self.holder is None:
+                raise ApiError(404, "NotFound", "leases.coordination.k8s.io \"kube-scheduler\" not found")
+            return {"spec": {"holderIdentity": self.holder}}
+
+    leases = Leases()
+    f = LeaseFollower(leases, "kube-system/kube-scheduler", hostname="sched-0")  # type: ignore[arg-type]
+    assert not f.read() and not f()
+    leases.holder = "sched-0_6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+    assert f.read() and f()
+    leases.holder = "sched-0x_6ba7b810-9dad-11d1-80b4-00c04fd430c8"  # a prefix is not our hostname
+    assert not f.read()
+    leases.holder = None
+    assert not f.read()

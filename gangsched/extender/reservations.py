@@ -16,7 +16,10 @@ Bind is a barrier, as coscheduling's Permit: a member's bind call waits until mi
 at bind, then every waiting member's Binding is posted (with its GPUs as `gangsched.io/gpu-devices`). A member
 that kube-scheduler never brings to bind (it rejects it on every node) keeps the barrier shut: after
 `bind_wait` the waiting binds fail and the whole reservation is dropped, so nothing of the gang is bound and
-nothing stays held. A reservation that is never bound at all expires after `ttl`.
+nothing stays held. A reservation that is never bound at all expires after `ttl`. A binding refused after the
+barrier opened (its mates already posted) leaves the gang below minMember: kube-scheduler retries the member, and
+if that never succeeds `live.giveback.GiveBack` deletes the bound members after the gang's timeout, as in
+`gangsched run`; PodGroup status is written the same way too (`live.podgroups.flush_status`).
 
 Everything here runs under `lock` (a Condition: the bind barrier waits on it); the caller takes it around
 every call except `bind`, which takes it itself because it waits and posts outside it.
@@ -36,7 +39,10 @@ from gangsched.extender.protocol import BindArgs, FilterVerdict
 from gangsched.framework import GangInfo
 from gangsched.live.binder import BindRequest
 from gangsched.live.cache import Cache, GangKey, PodInfo
+from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import ApiError
+from gangsched.live.podgroups import flush_status
+from gangsched.live.ports import StatusSink
 from gangsched.live.preemption import Preemptor
 from gangsched.live.scheduler import refresh_workload
 from gangsched.model import NODE_NAME_FIELD, Requirement
@@ -66,8 +72,13 @@ class Reservation:
 class Book:
     def __init__(self, cache: Cache, core: Scheduler, profile: Profile, post: PostBinding, *,
                  preemptor: Preemptor | None = None, clock: Callable[[], float] = time.time, ttl: float = 30.0,
-                 bind_wait: float = 15.0, bind_retries: int = 3, nudge: Nudge | None = None):
+                 bind_wait: float = 15.0, bind_retries: int = 3, nudge: Nudge | None = None,
+                 giveback: GiveBack | None = None, status: StatusSink | None = None,
+                 writes: Callable[[], bool] = lambda: True):
         self.cache, self.core, self.profile, self.post, self.preemptor = cache, core, profile, post, preemptor
+        # as in `gangsched run`: gangs left below minMember give back their bound members; PodGroup status.
+        # Only while `writes()`: the replica whose kube-scheduler leads (the others are never called).
+        self.giveback, self.status, self.writes = giveback, status, writes
         self.nudge = nudge or (lambda pod, message: None)
         self.refused: set[str] = set()  # pods we sent away with no node: kube-scheduler holds them back
         self.clock, self.ttl, self.bind_wait, self.bind_retries = clock, ttl, bind_wait, bind_retries
@@ -98,6 +109,11 @@ class Book:
         if self.preemptor is not None:
             for gkey in [k for k in self.preemptor.holding if k not in self.cache.gangs]:
                 self.preemptor.forget(gkey)
+        if self.writes():
+            if self.giveback is not None:
+                self.giveback.check(now)
+            if self.status is not None:
+                flush_status(self.cache, self.status)  # (a standby keeps its changed groups for when it leads)
         self.lock.notify_all()
 
     def _settle(self, gkey: GangKey, res: Reservation, now: float) -> None:

@@ -11,8 +11,10 @@ import argparse
 import logging
 import queue
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,13 @@ from gangsched.extender.server import Extender, serve
 from gangsched.live import informer as inf
 from gangsched.live.binder import BindRequest, binding_body
 from gangsched.live.cache import Cache
+from gangsched.live.events import EventRecorder
+from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import ApiError, KubeClient, now_rfc3339
+from gangsched.live.podgroups import StatusWriter
+from gangsched.live.ports import Recorder
 from gangsched.live.preemption import ApiEvictor, Preemptor
-from gangsched.live.run import NoEvents
+from gangsched.live.run import NoEvents, delete_pod
 from gangsched.profile import Profile, load_profile
 from gangsched.state import ClusterState
 
@@ -56,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reservation-ttl", type=float, default=30.0,
                    help="seconds a reservation kube-scheduler never binds is kept (default: 30)")
     p.add_argument("--no-preemption", action="store_true", help="the preempt verb never names victims")
+    p.add_argument("--gang-timeout", type=float, default=60.0,
+                   help="seconds a gang may stay below minMember with members bound (a binding failed for good) "
+                        "before they are deleted, for PodGroups without spec.scheduleTimeoutSeconds (default: 60)")
+    p.add_argument("--follow-lease", metavar="NAMESPACE/NAME", type=lease_ref,
+                   help="kube-scheduler's leader-election Lease: write PodGroup status and give back incomplete "
+                        "gangs only while the kube-scheduler beside us (same hostname) holds it (default: always)")
+    p.add_argument("--no-events", action="store_true", help="do not post Events")
     p.add_argument("--qps", type=float, default=200.0, help="client requests per second (<= 0: unlimited)")
     p.add_argument("--burst", type=int, default=400)
     p.add_argument("--print-config", metavar="URL",
@@ -65,12 +78,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "default-scheduler", ttl: float = 30.0,
-          bind_wait: float = 15.0, preemption: bool = True) -> Book:
-    """The production wiring: the book over the cache, its bindings and evictions through `client`."""
+          bind_wait: float = 15.0, preemption: bool = True, gang_timeout: float = 60.0, events: bool = True,
+          writes: Callable[[], bool] = lambda: True) -> Book:
+    """The production wiring: the book over the cache, its bindings, evictions, Events and PodGroup status
+    through `client`."""
     state = ClusterState([])
     cache = Cache(state, scheduler_name)
     core = Scheduler(state, profile)
-    preemptor = Preemptor(cache, core, ApiEvictor(client), NoEvents(), time.time) if preemption else None
+    recorder: Recorder = EventRecorder(client).start() if events else NoEvents()
+    preemptor = Preemptor(cache, core, ApiEvictor(client), recorder, time.time) if preemption else None
 
     def post(req: BindRequest) -> ApiError | None:
         try:
@@ -84,7 +100,57 @@ def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "defaul
     def nudge(pod: dict, message: str) -> None:
         pool.submit(requeue, client, pod, message)
 
-    return Book(cache, core, profile, post, preemptor=preemptor, ttl=ttl, bind_wait=bind_wait, nudge=nudge)
+    def delete(pod: dict) -> bool:  # called under the book's lock: the API call goes to the pool
+        pool.submit(delete_pod, client, pod)
+        return True
+
+    return Book(cache, core, profile, post, preemptor=preemptor, ttl=ttl, bind_wait=bind_wait, nudge=nudge,
+                giveback=GiveBack(cache, delete, recorder, gang_timeout), status=StatusWriter(client).start(),
+                writes=writes)
+
+
+def lease_ref(value: str) -> str:
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAMESPACE/NAME")
+    return value
+
+
+class LeaseFollower:
+    """Whether the kube-scheduler beside us leads: its Lease's holderIdentity is `<hostname>_<uuid>`, and as a
+    sidecar we share its hostname. Read every `every` seconds from a thread; False until a read says so."""
+
+    def __init__(self, client: KubeClient, lease: str, hostname: str | None = None, every: float = 2.0):
+        namespace, _, name = lease_ref(lease).partition("/")
+        self.client, self.every = client, every
+        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+        self.hostname = hostname or socket.gethostname()
+        self.leading = False
+
+    def __call__(self) -> bool:
+        return self.leading
+
+    def read(self) -> bool:
+        try:
+            holder = (self.client.request("GET", self.path).get("spec") or {}).get("holderIdentity") or ""
+        except ApiError as e:
+            if e.status != 404:
+                log.warning("reading kube-scheduler's lease failed: %s", e)
+            holder = ""
+        leading = holder.rsplit("_", 1)[0] == self.hostname
+        if leading != self.leading:
+            log.info("kube-scheduler beside us %s (lease holder %r)", "leads" if leading else "does not lead",
+                     holder)
+        self.leading = leading
+        return leading
+
+    def start(self, stop: threading.Event) -> LeaseFollower:
+        def loop() -> None:
+            while not stop.is_set():
+                self.read()
+                stop.wait(self.every)
+        threading.Thread(target=loop, name="lease-follower", daemon=True).start()
+        return self
 
 
 def requeue(client: KubeClient, pod: dict, message: str) -> None:
@@ -153,9 +219,11 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError("--tls-cert and --tls-key go together, and --client-ca needs them")
     profile = load_profile(args.profile)
     client = KubeClient.load(args.kubeconfig, qps=args.qps, burst=args.burst)
-    book = build(client, profile, scheduler_name=args.scheduler_name, ttl=args.reservation_ttl,
-                 bind_wait=args.bind_wait, preemption=not args.no_preemption)
     stop = threading.Event()
+    follower = LeaseFollower(client, args.follow_lease).start(stop) if args.follow_lease else None
+    book = build(client, profile, scheduler_name=args.scheduler_name, ttl=args.reservation_ttl,
+                 bind_wait=args.bind_wait, preemption=not args.no_preemption, gang_timeout=args.gang_timeout,
+                 events=not args.no_events, writes=follower or (lambda: True))
     events: queue.Queue = queue.Queue()
     informers = inf.start_informers(client, events, stop)
     pumper = threading.Thread(target=pump, args=(book, events, stop), name="extender-events", daemon=True)
@@ -186,5 +254,8 @@ def run(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.request_timeout
         while book.posting and time.monotonic() < deadline:
             book.lock.wait(0.1)
+    book.status.close()  # type: ignore[union-attr]
+    if isinstance(book.giveback.recorder, EventRecorder):  # type: ignore[union-attr]
+        book.giveback.recorder.flush()  # type: ignore[union-attr]
     log.info("stopped: %s", dict(book.stats))
     return 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from gangsched.live.kube import ApiError, KubeClient, now_rfc3339
+from gangsched.live.ports import StatusSink
 from gangsched.model import PodGroup
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,27 @@ def native_status(obj: dict, group: PodGroup, members: list[Any], assumed: int, 
     same = current is not None and current.get("status") == want["status"]
     want["lastTransitionTime"] = current["lastTransitionTime"] if same else now_rfc3339()  # type: ignore[index]
     return {"conditions": [want if c is current else c for c in conditions] + ([] if current else [want])}
+
+
+def flush_status(cache: Any, sink: StatusSink, told: Callable[[str], str] = lambda key: "") -> None:
+    """Write the status of each PodGroup whose members changed since the last flush (`cache.dirty_groups` of a
+    `live.cache.Cache`); `told(key)`: the latest unschedulable message of a native group's gang. Shared by
+    `gangsched run` and `gangsched extender`."""
+    for key in cache.dirty_groups:
+        obj, group = cache.group_objs.get(key), cache.groups.get(key)
+        if obj is None or isinstance(group, str) or group is None:
+            continue
+        members = [cache.pods[k] for k in cache.group_members.get(key, ()) if k in cache.pods]
+        assumed = sum(1 for p in members if p.key in cache.assumed and p.node is None)
+        if obj.get("apiVersion") == NATIVE_API:
+            status = native_status(obj, group, members, assumed, told(key))
+            if status is not None:
+                sink.write(key, status, api=NATIVE_API)
+            continue
+        status = group_status(obj, group, members, assumed)
+        if status is not None:
+            sink.write(key, status)
+    cache.dirty_groups.clear()
 
 
 class StatusWriter:

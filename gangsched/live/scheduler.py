@@ -29,7 +29,7 @@ from gangsched.live.cache import Cache, GangKey, GangView
 from gangsched.live.giveback import GiveBack
 from gangsched.live.kube import NOT_LEADER
 from gangsched.live.metrics import SchedulerMetrics
-from gangsched.live.podgroups import NATIVE_API, PODGROUP_API, group_status, native_status
+from gangsched.live.podgroups import NATIVE_API, PODGROUP_API, flush_status
 from gangsched.live.ports import BindSink, Recorder, StatusSink
 from gangsched.live.preemption import Preemptor
 from gangsched.profile import Profile
@@ -293,23 +293,11 @@ class LiveScheduler:
 
     # ---- PodGroup status -------------------------------------------------------------------------------------
     def _flush_status(self) -> None:
-        cache = self.cache
-        for key in cache.dirty_groups:
-            obj, group = cache.group_objs.get(key), cache.groups.get(key)
-            if obj is None or isinstance(group, str) or group is None:
-                continue
-            members = [cache.pods[k] for k in cache.group_members.get(key, ()) if k in cache.pods]
-            assumed = sum(1 for p in members if p.key in cache.assumed and p.node is None)
-            if obj.get("apiVersion") == NATIVE_API:
-                track = self.tracks.get(GangKey(*key.split("/", 1), True))  # type: ignore[call-arg]
-                status = native_status(obj, group, members, assumed, track.told if track else "")
-                if status is not None:
-                    self.status.write(key, status, api=NATIVE_API)
-                continue
-            status = group_status(obj, group, members, assumed)
-            if status is not None:
-                self.status.write(key, status)
-        cache.dirty_groups.clear()
+        flush_status(self.cache, self.status, self._told)
+
+    def _told(self, key: str) -> str:
+        track = self.tracks.get(GangKey(*key.split("/", 1), True))  # type: ignore[call-arg]
+        return track.told if track else ""
 
 
 def refresh_workload(core: Scheduler, profile: Profile, cache: Cache, last: tuple[set, float] | None, now: float,

@@ -258,3 +258,19 @@ def test_preemption_through_the_extender_evicts_a_whole_low_gang(cluster: Cluste
         p["metadata"]["name"] for p in cluster.pods("low-") if p["metadata"]["uid"] in uids]
     assert len(low) == 8
     cluster.gpu_use_ok()
+
+
+def test_podgroup_status_and_a_gang_left_incomplete_gives_back_its_members(cluster: Cluster, setup: Setup):
+    cluster.add_nodes(2, gpus=4)
+    setup.extender()
+    setup.kube_scheduler()
+    cluster.podgroup("g", 3, timeout=3)
+    names = [f"g-{i}" for i in range(3)]
+    for name in names:
+        cluster.pod(name, gpus=2, group="g", scheduler=setup.name)
+    wait_for(lambda: len(cluster.bound("g-")) == 3, 60, what="the gang bound")
+    wait_for(lambda: cluster.group_status("g").get("phase") == "Running", 30, what="PodGroup status Running")
+    cluster.delete_pods("g-0")  # a member goes and nobody replaces it: 2 of minMember=3 hold their GPUs
+    ev = wait_for(lambda: cluster.events("g", "GangIncomplete"), 30, what="the GangIncomplete Event")
+    assert "2 of minMember=3 pods bound" in ev[0]["message"]
+    wait_for(lambda: not cluster.pods("g-"), 30, what="the bound members given back")
