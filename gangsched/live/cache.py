@@ -40,7 +40,7 @@ from gangsched.live.translate import (
 )
 from gangsched.model import Demand, ModelError, Node, Pod, PodGroup
 from gangsched.preempt import Running
-from gangsched.state import Assignment, ClusterState
+from gangsched.state import Assignment, CapacityError, ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -451,12 +451,15 @@ class Cache:
                 self.guessed.discard(key)
         if len(devices) < demand.gpu_count:
             demand = replace(demand, gpu_count=len(devices))
-        missing = [r for r, q in demand.requests if q and r not in state.res_index]
-        if missing:
-            inexact.append(f"requests {', '.join(missing)}, which no node offers")
-        state.assign(key, demand, node, devices, force=True)
-        if state.overcommitted(node):
-            inexact.append(f"node {state.names[node]} is over-committed")
+        try:  # the usual case, checked as any assignment is
+            state.assign(key, demand, node, devices)
+        except (CapacityError, ModelError):
+            missing = [r for r, q in demand.requests if q and r not in state.res_index]
+            if missing:
+                inexact.append(f"requests {', '.join(missing)}, which no node offers")
+            state.assign(key, demand, node, devices, force=True)
+            if state.overcommitted(node):
+                inexact.append(f"node {state.names[node]} is over-committed")
         if inexact:
             self.stats["inexact"] += 1
             log.warning("bound pod %s on %s accounted conservatively: %s", key, state.names[node], "; ".join(inexact))
@@ -464,10 +467,11 @@ class Cache:
     def _claim_named(self, key: str, demand: Demand, node: int, named: tuple[int, ...]) -> tuple[int, ...]:
         """The pod's annotated GPUs, displacing guesses that took them; () if they cannot be its own."""
         state = self.state
-        if len(named) != demand.gpu_count or len(set(named)) != len(named) or min(named) < 0 or \
-                max(named) >= state.gpu_cap.shape[1] or state.gpu_cap[node, list(named)].min() == 0:
+        cap, free = state.gpu_cap[node], state.gpu_free[node]  # one node's rows: plain indexing, no fancy copies
+        if len(named) != demand.gpu_count or len(set(named)) != len(named) or \
+                any(d < 0 or d >= len(cap) or cap[d] == 0 for d in named):
             return ()
-        short = [d for d in named if state.gpu_free[node, d] < demand.gpu_milli]
+        short = [d for d in named if free[d] < demand.gpu_milli]
         if short:
             holders = [k for k in state.node_pods[node] if set(state.assignments[k].devices) & set(short)]
             if any(k not in self.guessed for k in holders):
