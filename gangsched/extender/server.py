@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 VERBS = ("filter", "prioritize", "bind", "preempt")
 # per-verb latency; sub-millisecond buckets: the target is a few ms per verb
+# How long a kept-alive connection may wait for its next request: longer than the 90 s for which kube-scheduler's
+# Go client keeps an idle connection (http.Transport IdleConnTimeout), so the server never closes one first: a
+# POST sent on a connection the server is just closing fails (Go does not resend it), and kube-scheduler takes
+# that as the extender's error (a bind lost at the gang's barrier).
+IDLE_TIMEOUT = 120.0
 BUCKETS = (0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05,
            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -144,6 +149,23 @@ def serve(ext: Extender, host: str, port: int, *, prefix: str = "", tls_cert: st
             # one reply is headers then body in two writes: without NODELAY the second waits for the client's
             # delayed ACK (40 ms on Linux)
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.served = False
+
+        def handle_one_request(self) -> None:
+            # A request (and the TLS handshake, with the first one) must arrive whole within `timeout`; between
+            # requests a kept-alive connection idles up to IDLE_TIMEOUT.
+            if self.served:
+                self.connection.settimeout(IDLE_TIMEOUT)
+                try:
+                    if not self.rfile.peek(1):  # the client closed it
+                        self.close_connection = True
+                        return
+                except OSError:  # idle too long, or reset
+                    self.close_connection = True
+                    return
+                self.connection.settimeout(self.timeout)
+            self.served = True
+            super().handle_one_request()
 
         def do_POST(self) -> None:
             if not verbs:
