@@ -54,7 +54,7 @@ def scheduled_condition(cluster: Cluster, name: str) -> dict | None:
 
 def test_a_native_gang_is_bound_whole_and_its_condition_written(cluster: Cluster, start_scheduler):
     cluster.add_nodes(2, gpus=4)
-    native_group(cluster, "job", 4)
+    pg = native_group(cluster, "job", 4)
     start_scheduler()
     for i in range(3):
         native_pod(cluster, f"job-{i}", "job", gpus=2)
@@ -66,7 +66,9 @@ def test_a_native_gang_is_bound_whole_and_its_condition_written(cluster: Cluster
     assert sorted(len(d) for d in cluster.gpu_use_ok().values()) == [4, 4]
     cond = wait_for(lambda: (c := scheduled_condition(cluster, "job")) and c["status"] == "True" and c,
                     what="PodGroupInitiallyScheduled True")
-    assert cond["reason"] == "Scheduled" and cond["observedGeneration"] == 1
+    # as kube-scheduler: the generation it saw (1.37's PodGroup strategy sets none, so 0, omitted)
+    assert cond["reason"] == "Scheduled"
+    assert cond.get("observedGeneration", 0) == pg["metadata"].get("generation", 0)
 
 
 def test_a_native_gang_that_cannot_fit_binds_nothing_and_is_unschedulable(cluster: Cluster, start_scheduler):
