@@ -23,6 +23,9 @@ Schedulers, each on each workload in a fresh namespace:
   kube-scheduler      kube-scheduler 1.34 with deploy/kube-scheduler-config.yaml: client QPS 50 / burst 100
   kube-scheduler-qps  the same with clientConnection qps/burst = Q/B
   coscheduler         scheduler-plugins' scheduler with deploy/coscheduler-config.yaml at Q/B
+  kube-scheduler-gangs  kube-scheduler >= 1.37 with the Workload API's gates (its GangScheduling plugin and
+                      PodGroup cycle) at Q/B: the same workload, its gangs as native PodGroups
+                      (scheduling.k8s.io/v1beta1, gang.minCount) that the pods name in spec.schedulingGroup
   extender            kube-scheduler 1.34 (client Q/B) with the `extenders` stanza of `gangsched extender
                       --print-config` (nodeCacheCapable, filter/prioritize/bind/preempt) calling a
                       `gangsched extender --qps Q --burst B` process, which posts the bindings; not in the
@@ -107,34 +110,44 @@ PG_API = "/apis/scheduling.x-k8s.io/v1alpha1"
 GANG = 8
 BIG_GANG = 64
 FILL = 0.9  # at most this fraction of the cluster's GPUs is asked for: every workload fits whole
-SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "ceiling", "ceiling-go")
+SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "kube-scheduler-gangs", "ceiling",
+              "ceiling-go")
 OPTIONAL = ("gangsched-baseline", "extender")  # an older gangsched (--baseline); kube-scheduler + extender
-PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler")
+PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler", "kube-scheduler-gangs")
+NATIVE = ("kube-scheduler-gangs",)  # served native PodGroups (scheduling.k8s.io/v1beta1) rather than the CRD's
+NATIVE_PG_API = "/apis/scheduling.k8s.io/v1beta1"
 WORKLOADS = ("single", "gang8", "gang64", "mix")
 GANG_WORKLOADS = ("gang8", "gang64", "mix")
 CEILINGS = ("ceiling", "ceiling-go")  # processes that bind and exit
 # spec.schedulerName of the pods each scheduler serves; nobody serves the ceiling's.
 SCHEDULER_NAME = {"gangsched": "gangsched", "gangsched-baseline": "gangsched", "kube-scheduler": "default-scheduler",
                   "kube-scheduler-qps": "default-scheduler", "coscheduler": "coscheduler", "ceiling": "bench-ceiling",
-                  "ceiling-go": "bench-ceiling", "extender": "gangsched-extender"}
+                  "ceiling-go": "bench-ceiling", "extender": "gangsched-extender",
+                  "kube-scheduler-gangs": "default-scheduler"}
 
 
 # ---- objects ------------------------------------------------------------------------------------------------
-def pod_manifest(name: str, scheduler_name: str, run: str, group: str | None) -> dict[str, Any]:
+def pod_manifest(name: str, scheduler_name: str, run: str, group: str | None, native: bool = False) -> dict[str, Any]:
     res = {"cpu": "1", "memory": "1Gi", GPU_RESOURCE: "1"}  # extended resources need limits == requests
     labels = {"app": "live-throughput"}
-    if group:
+    if group and not native:
         labels[POD_GROUP_LABEL] = group
-    return {
+    pod = {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
         "spec": {"schedulerName": scheduler_name, "nodeSelector": {BENCH_LABEL: run},
                  "terminationGracePeriodSeconds": 0,
                  "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
                                  "resources": {"requests": res, "limits": res}}]},
     }
+    if group and native:
+        pod["spec"]["schedulingGroup"] = {"podGroupName": group}
+    return pod
 
 
-def podgroup_manifest(name: str, min_member: int = GANG) -> dict[str, Any]:
+def podgroup_manifest(name: str, min_member: int = GANG, native: bool = False) -> dict[str, Any]:
+    if native:
+        return {"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup", "metadata": {"name": name},
+                "spec": {"schedulingPolicy": {"gang": {"minCount": min_member}}}}
     return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": name},
             "spec": {"minMember": min_member}}
 
@@ -183,12 +196,14 @@ def parallel(fn: Any, items: list[Any], workers: int) -> None:
 
 
 def create_objects(client: KubeClient, ns: str, wl: Workload, scheduler_name: str, run: str,
-                   workers: int = 16) -> None:
-    """PodGroups first, then pods, from a thread pool (client with qps 0: not rate limited)."""
-    parallel(lambda g: client.request("POST", f"{PG_API}/namespaces/{ns}/podgroups",
-                                      podgroup_manifest(g, wl.size[g]), limit=False), wl.gangs, workers)
+                   workers: int = 16, native: bool = False) -> None:
+    """PodGroups first, then pods, from a thread pool (client with qps 0: not rate limited). `native`: the
+    gangs as Kubernetes' own PodGroups, named by the pods' spec.schedulingGroup."""
+    api = NATIVE_PG_API if native else PG_API
+    parallel(lambda g: client.request("POST", f"{api}/namespaces/{ns}/podgroups",
+                                      podgroup_manifest(g, wl.size[g], native), limit=False), wl.gangs, workers)
     parallel(lambda p: client.request("POST", f"/api/v1/namespaces/{ns}/pods",
-                                      pod_manifest(p, scheduler_name, run, wl.gang_of.get(p)), limit=False),
+                                      pod_manifest(p, scheduler_name, run, wl.gang_of.get(p), native), limit=False),
              wl.pods, workers)
 
 
@@ -199,8 +214,9 @@ def delete_objects(client: KubeClient, ns: str, timeout: float = 120.0) -> float
     opts = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
     client.request("DELETE", f"/api/v1/namespaces/{ns}/pods", opts, query={"gracePeriodSeconds": 0},
                    timeout=timeout, limit=False)
-    with contextlib.suppress(ApiError):  # the CRD may be missing on a foreign cluster
-        client.request("DELETE", f"{PG_API}/namespaces/{ns}/podgroups", opts, timeout=timeout, limit=False)
+    for api in (PG_API, NATIVE_PG_API):
+        with contextlib.suppress(ApiError):  # the CRD (or the Workload API) may be missing
+            client.request("DELETE", f"{api}/namespaces/{ns}/podgroups", opts, timeout=timeout, limit=False)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         left = client.request("GET", f"/api/v1/namespaces/{ns}/pods", query={"limit": 1}, limit=False)
@@ -425,6 +441,9 @@ def start_scheduler(which: str, opt: Options, ns: str, run: str, tag: str,
     elif which == "coscheduler":
         cfg = scheduler_config(DEPLOY / "coscheduler-config.yaml", opt.kubeconfig, opt.qps, opt.burst)
         h = opt.cluster.start_coscheduler(name=tag, config=cfg, timeout=120)
+    elif which == "kube-scheduler-gangs":
+        cfg = scheduler_config(DEPLOY / "kube-scheduler-config.yaml", opt.kubeconfig, opt.qps, opt.burst)
+        h = opt.cluster.start_kube_scheduler(name=tag, config=cfg, timeout=120, gangs=True)
     elif which == "extender":
         return start_extender(opt, tag, log)
     else:
@@ -499,7 +518,7 @@ def measure(which: str, wl: Workload, n_nodes: int, opt: Options, admin: KubeCli
     admin.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}}, limit=False)
     load = load_average()
     t0 = time.monotonic()
-    create_objects(admin, ns, wl, SCHEDULER_NAME[which], run)
+    create_objects(admin, ns, wl, SCHEDULER_NAME[which], run, native=which in NATIVE)
     create_s = time.monotonic() - t0
     watcher = BindWatcher(admin, ns, len(wl.pods)).start()
     start = time.monotonic()
