@@ -30,6 +30,9 @@ Schedulers, each on each workload in a fresh namespace:
                       --print-config` (nodeCacheCapable, filter/prioritize/bind/preempt) calling a
                       `gangsched extender --qps Q --burst B` process, which posts the bindings; not in the
                       default set. Its rows also carry the extender's per-verb latency from its /metrics
+  kube-scheduler-all  kube-scheduler-qps with percentageOfNodesToScore 100, as the extender's stanza has it (the
+                      reserved node must be among the nodes evaluated): kube-scheduler's own share of the
+                      extender's cost; not in the default set
   ceiling             a process that only posts the bindings (round-robin over nodes with free GPUs) through
                       gangsched's Binder and KubeClient with the same Q/B and W: what binding alone allows
                       from Python
@@ -112,7 +115,7 @@ BIG_GANG = 64
 FILL = 0.9  # at most this fraction of the cluster's GPUs is asked for: every workload fits whole
 SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler", "kube-scheduler-gangs", "ceiling",
               "ceiling-go")
-OPTIONAL = ("gangsched-baseline", "extender")  # an older gangsched (--baseline); kube-scheduler + extender
+OPTIONAL = ("gangsched-baseline", "extender", "kube-scheduler-all")  # an older gangsched (--baseline); extender
 PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler", "kube-scheduler-gangs")
 NATIVE = ("kube-scheduler-gangs",)  # served native PodGroups (scheduling.k8s.io/v1beta1) rather than the CRD's
 NATIVE_PG_API = "/apis/scheduling.k8s.io/v1beta1"
@@ -123,7 +126,7 @@ CEILINGS = ("ceiling", "ceiling-go")  # processes that bind and exit
 SCHEDULER_NAME = {"gangsched": "gangsched", "gangsched-baseline": "gangsched", "kube-scheduler": "default-scheduler",
                   "kube-scheduler-qps": "default-scheduler", "coscheduler": "coscheduler", "ceiling": "bench-ceiling",
                   "ceiling-go": "bench-ceiling", "extender": "gangsched-extender",
-                  "kube-scheduler-gangs": "default-scheduler"}
+                  "kube-scheduler-gangs": "default-scheduler", "kube-scheduler-all": "default-scheduler"}
 
 
 # ---- objects ------------------------------------------------------------------------------------------------
@@ -434,9 +437,11 @@ def start_scheduler(which: str, opt: Options, ns: str, run: str, tag: str,
     if opt.cluster is None:
         raise DevClusterError(f"{which} needs a DevCluster (its binaries and state dir); --kubeconfig points "
                               "outside one")
-    if which in ("kube-scheduler", "kube-scheduler-qps"):
-        qps = (opt.qps, opt.burst) if which == "kube-scheduler-qps" else (None, None)
+    if which in ("kube-scheduler", "kube-scheduler-qps", "kube-scheduler-all"):
+        qps = (None, None) if which == "kube-scheduler" else (opt.qps, opt.burst)
         cfg = scheduler_config(DEPLOY / "kube-scheduler-config.yaml", opt.kubeconfig, *qps)
+        if which == "kube-scheduler-all":
+            cfg["percentageOfNodesToScore"] = 100
         h = opt.cluster.start_kube_scheduler(name=tag, config=cfg, timeout=120)  # name: its log file
     elif which == "coscheduler":
         cfg = scheduler_config(DEPLOY / "coscheduler-config.yaml", opt.kubeconfig, opt.qps, opt.burst)

@@ -90,7 +90,7 @@ def node_args(body: Any) -> NodeArgs:
     pod = _pod(body)
     names, nodes = body.get("NodeNames"), body.get("Nodes")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not set(map(type, names)) <= {str}:  # (C speed: 5,000 names)
             raise ProtocolError("NodeNames: expected a list of node names")
         return NodeArgs(pod, names, None)
     if isinstance(nodes, dict) and isinstance(nodes.get("items", []), list):

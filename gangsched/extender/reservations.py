@@ -84,7 +84,9 @@ class Book:
         self.clock, self.ttl, self.bind_wait, self.bind_retries = clock, ttl, bind_wait, bind_retries
         self.lock = threading.Condition(threading.RLock())
         self.reservations: dict[GangKey, Reservation] = {}
-        self.offered: dict[str, frozenset[str]] = {}  # pod key -> nodes kube-scheduler last offered it
+        # pod key -> nodes kube-scheduler last offered it, the list as sent (a set of thousands of names per call
+        # would cost more than the rest of the call; it is made when a plan needs it)
+        self.offered: dict[str, list[str]] = {}
         self.posting: set[str] = set()  # bindings being posted: their node can no longer change
         self._workload: tuple[set, float] | None = None
         self.stats: Counter[str] = Counter()
@@ -174,8 +176,7 @@ class Book:
             return FilterVerdict(nodes=list(names))
         if info.node:
             return FilterVerdict(error=f"pod {key} is already bound to {info.node}")
-        offered = frozenset(names)
-        self.offered[key] = offered
+        offered = self.offered[key] = names
         node = self.cache.assumed.get(key)
         if node is not None:
             if node in offered:
@@ -247,8 +248,9 @@ class Book:
         pods = []
         for p in gang.pods:
             offered = self.offered.get(p.key)
-            refused = [n for n in known if n not in offered] if offered is not None else []
-            if refused:
+            allowed = set(offered) if offered is not None else None
+            if allowed is not None and not known.keys() <= allowed:
+                refused = [n for n in known if n not in allowed]
                 p = replace(p, demand=replace(p.demand, affinity=_kept_to(p.demand.affinity, refused,
                                                                           [n for n in offered if n in known])))
             pods.append(p)

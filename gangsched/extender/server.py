@@ -9,7 +9,6 @@ with a one-line message. TLS with `tls_cert`/`tls_key`; with `client_ca` the cli
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gangsched.extender import protocol as wire
@@ -176,7 +176,7 @@ def serve(ext: Extender, host: str, port: int, *, prefix: str = "", tls_cert: st
             verb = verb[len(prefix):] if prefix and verb.startswith(prefix) else verb
             try:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
+                body = orjson.loads(self.rfile.read(length)) if length else None
             except (ValueError, OSError) as e:
                 self._send(400, f"request body is not JSON: {e}")
                 return
@@ -198,7 +198,7 @@ def serve(ext: Extender, host: str, port: int, *, prefix: str = "", tls_cert: st
             elif isinstance(out, str):
                 data, ctype = (out + "\n").encode(), ctype or "text/plain; charset=utf-8"
             else:
-                data, ctype = json.dumps(out, separators=(",", ":")).encode(), "application/json"
+                data, ctype = orjson.dumps(out), "application/json"
             self.send_response(code)
             self.send_header("Content-Type", ctype or "application/json")
             self.send_header("Content-Length", str(len(data)))
