@@ -45,32 +45,15 @@ except ImportError:
     sys.path.insert(0, str(ROOT))
 
 from live_throughput import PG_API, BindWatcher, add_nodes, node_name, parallel, podgroup_manifest, wait_nodes_ready  # noqa: E402
+from scale_objects import GPU_PODS_PER_NODE, bound_pods, pending_pods  # noqa: E402
 
 from gangsched.devcluster import DevCluster  # noqa: E402
 from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
-from gangsched.devcluster.nodes import GPU_RESOURCE  # noqa: E402
 from gangsched.live.kube import KubeClient  # noqa: E402
-from gangsched.live.translate import GPU_DEVICES_ANNOTATION, POD_GROUP_LABEL  # noqa: E402
+from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
 from gangsched.sim.report import cpus, load_average, table  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "restart_scale.json"
-GANG = 8
-GPU_PODS_PER_NODE = 6
-
-
-def pod(name: str, group: str, gpus: int, node: str | None = None, device: int | None = None) -> dict[str, Any]:
-    res: dict[str, str] = {"cpu": "1", "memory": "1Gi"}
-    if gpus:
-        res[GPU_RESOURCE] = str(gpus)
-    meta: dict[str, Any] = {"name": name, "labels": {POD_GROUP_LABEL: group}}
-    if device is not None:
-        meta["annotations"] = {GPU_DEVICES_ANNOTATION: str(device)}
-    spec: dict[str, Any] = {"schedulerName": "gangsched", "terminationGracePeriodSeconds": 0,
-                            "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
-                                            "resources": {"requests": res, "limits": res}}]}
-    if node:
-        spec["nodeName"] = node
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
 def namespace(client: KubeClient, name: str) -> str:
@@ -87,18 +70,6 @@ def create(client: KubeClient, ns: str, pods: list[dict[str, Any]], workers: int
     parallel(lambda p: client.request("POST", f"/api/v1/namespaces/{ns}/pods", p, limit=False), pods, workers)
     return time.monotonic() - t0
 
-
-def bound_pods(run: str, nodes: int, count: int) -> list[dict[str, Any]]:
-    out = []
-    for i in range(count):
-        n, slot = i % nodes, i // nodes  # round-robin: slot k of every node before slot k+1 of any
-        gpu = slot < GPU_PODS_PER_NODE
-        out.append(pod(f"b{i:06d}", f"bg{i // GANG:05d}", 1 if gpu else 0, node_name(run, n), slot if gpu else None))
-    return out
-
-
-def pending_pods(prefix: str, count: int) -> list[dict[str, Any]]:
-    return [pod(f"{prefix}{i:05d}", f"{prefix}g{i // GANG:04d}", 1) for i in range(count)]
 
 
 class Replica:
@@ -231,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = {"nodes_s": round(time.monotonic() - t, 1)}
         print(f"{args.nodes} nodes Ready in {setup['nodes_s']} s", flush=True)
         setup["bound_pods_s"] = round(create(client, namespace(client, f"bound-{run}"),
-                                             bound_pods(run, args.nodes, args.bound)), 1)
+                                             bound_pods([node_name(run, i) for i in range(args.nodes)], args.bound)), 1)
         print(f"{args.bound} bound pods created in {setup['bound_pods_s']} s", flush=True)
         checkouts = {"gangsched": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
         tries: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
