@@ -138,9 +138,12 @@ def test_a_gang_is_bound_all_or_nothing_over_mutual_tls(cluster: Cluster, setup:
     cluster.podgroup("g", 4)
     for i in range(3):
         cluster.pod(f"g-{i}", gpus=2, group="g", scheduler=setup.name)
-    # kube-scheduler asked the extender, which placed nothing: the gang is incomplete
-    wait_for(lambda: all(said(cluster, f"g-{i}", "3 of minMember=4 pods exist") for i in range(3)), 30,
-             what="kube-scheduler's FailedScheduling with the extender's reason")
+    # kube-scheduler asked the extender, which placed nothing: the gang is incomplete. The count is what the
+    # extender saw when asked: g-2 came after the others in its watch, so 3; an earlier member may have been
+    # asked (and set aside by kube-scheduler, which no other pod's creation re-queues) before its mates existed
+    wait_for(lambda: said(cluster, "g-2", "3 of minMember=4 pods exist") and all(
+        said(cluster, f"g-{i}", "of minMember=4 pods exist") for i in range(2)), 30,
+        what="kube-scheduler's FailedScheduling with the extender's reason")
     assert not cluster.bound()
     cluster.pod("g-3", gpus=2, group="g", scheduler=setup.name)
     wait_for(lambda: len(cluster.bound("g-")) == 4, 30, what="the gang bound")
