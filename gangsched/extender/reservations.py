@@ -87,6 +87,7 @@ class Book:
         # pod key -> nodes kube-scheduler last offered it, the list as sent (a set of thousands of names per call
         # would cost more than the rest of the call; it is made when a plan needs it)
         self.offered: dict[str, list[str]] = {}
+        self._offered_all: tuple[list[str], dict] | None = None  # see _offers_all
         self.posting: set[str] = set()  # bindings being posted: their node can no longer change
         self._workload: tuple[set, float] | None = None
         self.stats: Counter[str] = Counter()
@@ -248,13 +249,25 @@ class Book:
         pods = []
         for p in gang.pods:
             offered = self.offered.get(p.key)
-            allowed = set(offered) if offered is not None else None
-            if allowed is not None and not known.keys() <= allowed:
+            if offered is not None and not self._offers_all(offered):
+                allowed = set(offered)
                 refused = [n for n in known if n not in allowed]
                 p = replace(p, demand=replace(p.demand, affinity=_kept_to(p.demand.affinity, refused,
                                                                           [n for n in offered if n in known])))
             pods.append(p)
         return replace(gang, pods=pods)
+
+    def _offers_all(self, offered: list[str]) -> bool:
+        """Whether `offered` holds every node we know: the usual case. One set check per distinct list, then a
+        comparison of the lists (C speed) while kube-scheduler keeps sending the same one and our nodes stay
+        (the state's index is a new dict whenever they change)."""
+        known, last = self.cache.state.index, self._offered_all
+        if last is not None and last[1] is known and last[0] == offered:
+            return True
+        if known.keys() <= set(offered):
+            self._offered_all = (offered, known)
+            return True
+        return False
 
     def _held_for(self, gang: GangInfo) -> GangKey | None:
         """A gang of higher priority whose preemption victims are still terminating: what they free is its."""
