@@ -87,3 +87,18 @@ def start_scheduler(devcluster, tmp_path):
         p.stop()
     for p in procs:
         print(f"--- {p.log_path.name}\n{p.output()[-4000:]}")
+
+
+@pytest.fixture
+def priorities(cluster):
+    """Two PriorityClasses of the test's own, {"low": name (value 100), "high": name (value 10,000)}."""
+    made = {}
+    for level, value in {"low": 100, "high": 10_000}.items():
+        name = f"{cluster.ns}-{level}"
+        cluster.c.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses",
+                          {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                           "metadata": {"name": name}, "value": value})
+        made[level] = name
+    yield made
+    for name in made.values():
+        cluster.c.request("DELETE", f"/apis/scheduling.k8s.io/v1/priorityclasses/{name}")

@@ -55,34 +55,27 @@ def deployed_identity(cluster: Cluster, devcluster, tmp_path: Path) -> Path:
     return path
 
 
-def test_the_deployed_grants_cover_scheduling_and_preemption(cluster: Cluster, start_scheduler, deployed_identity):
+def test_the_deployed_grants_cover_scheduling_and_preemption(cluster: Cluster, start_scheduler, deployed_identity,
+                                                             priorities):
     cluster.add_nodes(1, gpus=4, kwok=False)
-    for name, value in (("low", 100), ("high", 10_000)):
-        cluster.c.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {
-            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-            "metadata": {"name": f"{cluster.ns}-{name}"}, "value": value})
-    try:
-        sched = start_scheduler("--kubeconfig", str(deployed_identity), "--leader-elect", "--lease-namespace",
-                                SA_NS, "--lease-name", f"gangsched-{cluster.ns}")
-        cluster.podgroup("low", 4)
-        for i in range(4):
-            cluster.pod(f"low-{i}", gpus=1, group="low", priority_class=f"{cluster.ns}-low", grace=30)
-        wait_for(lambda: len(cluster.bound("low-")) == 4, 30, what="the low gang bound")
-        wait_for(lambda: cluster.group_status("low").get("phase") == "Scheduled", 30, what="PodGroup status")
-        cluster.podgroup("high", 4)
-        for i in range(4):
-            cluster.pod(f"high-{i}", gpus=1, group="high", priority_class=f"{cluster.ns}-high")
-        wait_for(lambda: all(any(c["type"] == "DisruptionTarget" for c in p["status"].get("conditions") or [])
-                             and p["metadata"].get("deletionTimestamp") for p in cluster.pods("low-")),
-                 30, what="the low gang evicted with its DisruptionTarget condition")
-        wait_for(lambda: all(p["status"].get("nominatedNodeName") for p in cluster.pods("high-")), 30,
-                 what="the preemptor's pods nominated")
-        assert cluster.events("low-0", "Preempted")
-        for i in range(4):
-            cluster.force_delete(f"low-{i}")
-        wait_for(lambda: len(cluster.bound("high-")) == 4, 30, what="the high gang bound")
-        out = sched.output()
-        assert "403" not in out and "forbidden" not in out.lower(), out[-3000:]
-    finally:
-        for name in ("low", "high"):
-            cluster.c.request("DELETE", f"/apis/scheduling.k8s.io/v1/priorityclasses/{cluster.ns}-{name}")
+    sched = start_scheduler("--kubeconfig", str(deployed_identity), "--leader-elect", "--lease-namespace",
+                            SA_NS, "--lease-name", f"gangsched-{cluster.ns}")
+    cluster.podgroup("low", 4)
+    for i in range(4):
+        cluster.pod(f"low-{i}", gpus=1, group="low", priority_class=priorities["low"], grace=30)
+    wait_for(lambda: len(cluster.bound("low-")) == 4, 30, what="the low gang bound")
+    wait_for(lambda: cluster.group_status("low").get("phase") == "Scheduled", 30, what="PodGroup status")
+    cluster.podgroup("high", 4)
+    for i in range(4):
+        cluster.pod(f"high-{i}", gpus=1, group="high", priority_class=priorities["high"])
+    wait_for(lambda: all(any(c["type"] == "DisruptionTarget" for c in p["status"].get("conditions") or [])
+                         and p["metadata"].get("deletionTimestamp") for p in cluster.pods("low-")),
+             30, what="the low gang evicted with its DisruptionTarget condition")
+    wait_for(lambda: all(p["status"].get("nominatedNodeName") for p in cluster.pods("high-")), 30,
+             what="the preemptor's pods nominated")
+    assert cluster.events("low-0", "Preempted")
+    for i in range(4):
+        cluster.force_delete(f"low-{i}")
+    wait_for(lambda: len(cluster.bound("high-")) == 4, 30, what="the high gang bound")
+    out = sched.output()
+    assert "403" not in out and "forbidden" not in out.lower(), out[-3000:]

@@ -16,21 +16,6 @@ pytestmark = pytest.mark.integration
 # to end it sooner) until the test force-deletes it, as a kubelet would once its containers stopped.
 
 
-@pytest.fixture
-def priorities(cluster: Cluster):
-    names = {"low": 100, "high": 10_000}
-    made = {}
-    for level, value in names.items():
-        name = f"{cluster.ns}-{level}"
-        cluster.c.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses",
-                          {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-                           "metadata": {"name": name}, "value": value})
-        made[level] = name
-    yield made
-    for name in made.values():
-        cluster.c.request("DELETE", f"/apis/scheduling.k8s.io/v1/priorityclasses/{name}")
-
-
 def low_gang(cluster: Cluster, pc: str, n: int) -> None:
     cluster.podgroup("low", n)
     for i in range(n):
