@@ -63,10 +63,10 @@ def test_the_control_plane_module_is_switchable_and_the_coscheduler_keeps_its_ow
     from gangsched.devcluster import binaries as b
 
     default = b.k8s_cache_dir()
-    monkeypatch.setenv(b.K8SBIN_ENV, "deploy/k8sbin137")
-    assert b.k8sbin_dir() == b.REPO / "deploy" / "k8sbin137"
-    assert b._k8s_version((b.k8sbin_dir() / "go.mod").read_text()) == "v1.37.2"
-    assert b.k8s_cache_dir() != default and b.k8s_cache_dir().name.startswith("k8s-v1.37.2-")
+    assert default.name.startswith("k8s-v1.37.2-")
+    monkeypatch.setenv(b.K8SBIN_ENV, "deploy/coschedbin")  # any module pinning k8s.io/kubernetes: here 1.34
+    assert b.k8sbin_dir() == b.REPO / "deploy" / "coschedbin"
+    assert b.k8s_cache_dir() != default and b.k8s_cache_dir().name.startswith("k8s-v1.34.4-")
     cosched = (b.COSCHEDBIN_DIR / "go.mod").read_text()
     assert b._pinned_version(cosched, "sigs.k8s.io/scheduler-plugins") == "v0.34.7"
     assert b._k8s_version(cosched) == "v1.34.4"  # the release scheduler-plugins v0.34.7 was built against
@@ -95,3 +95,21 @@ def test_the_workload_api_is_switched_on_from_1_37(tmp_path: Path) -> None:
     assert old._workload_api_flags(runtime_config=True) == []
     with pytest.raises(DevClusterError, match=r"needs Kubernetes >= 1\.37"):
         old.start_kube_scheduler("native", gangs=True)
+
+
+def test_a_kubelet_node_installs_its_debian_packages_on_first_use(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import pytest
+
+    from gangsched.devcluster import DevClusterError
+    from gangsched.devcluster import kubeletnode as kn
+
+    installed: list[tuple[str, ...]] = []
+    monkeypatch.setattr(kn.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(kn.shutil, "which", lambda tool: None if tool == "containerd" else shutil.which("sh"))
+    monkeypatch.setattr(kn, "_apt_install", installed.append)
+    node = kn.KubeletNode(tmp_path / "kubeconfig", tmp_path / "kubelet", base=tmp_path)
+    with pytest.raises(DevClusterError, match="needs containerd: apt-get install containerd runc busybox-static"):
+        node.start(lock_timeout=1)
+    assert installed == [kn.DEBIAN_PACKAGES]  # tried first; the error only once it did not help

@@ -40,6 +40,7 @@ IMAGE = "gangsched.local/busybox:1"
 TAINT_KEY = "gangsched.io/kubelet-node"
 LABEL = "gangsched.io/kubelet-node"
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI containers
+DEBIAN_PACKAGES = ("containerd", "runc", "busybox-static")
 PROCS = ("device-plugin", "kubelet", "containerd")  # stop order
 
 
@@ -181,17 +182,26 @@ class KubeletNode:
         self.socket = base / "containerd" / "containerd.sock"
         self.pod_resources = self.root / "pod-resources" / "kubelet.sock"
 
+    @staticmethod
+    def _missing_packages() -> str:
+        for tool in ("containerd", "ctr", "runc"):
+            if not shutil.which(tool):
+                return tool
+        busybox = Path("/bin/busybox").resolve()
+        if not busybox.is_file() or b"ld-linux" in busybox.read_bytes()[:8192]:  # a dynamic one has an interpreter
+            return "a static /bin/busybox (busybox-static)"
+        return ""
+
     # ---- life ------------------------------------------------------------------------------------------------------
     def start(self, lock_timeout: float = 600.0, timeout: float = 120.0, detach: bool = False) -> KubeletNode:
         """`detach`: the node outlives this process (the CLI): it is claimed by the kubelet's pid, not ours."""
         if os.geteuid() != 0:
             raise DevClusterError("a kubelet node needs root (containerd, runc, cgroups)")
-        for tool in ("containerd", "ctr", "runc"):
-            if not shutil.which(tool):
-                raise DevClusterError(f"a kubelet node needs {tool}: apt-get install containerd runc busybox-static")
-        busybox = Path("/bin/busybox").resolve()
-        if not busybox.is_file() or b"ld-linux" in busybox.read_bytes()[:8192]:  # a dynamic one has an interpreter
-            raise DevClusterError("a kubelet node's image needs a static /bin/busybox: apt-get install busybox-static")
+        if self._missing_packages():  # first use on a fresh machine, as the Go binaries are built on first use
+            _apt_install(DEBIAN_PACKAGES)
+        missing = self._missing_packages()
+        if missing:
+            raise DevClusterError(f"a kubelet node needs {missing}: apt-get install {' '.join(DEBIAN_PACKAGES)}")
         self.lock.acquire(lock_timeout)
         try:
             self.clear()
@@ -437,3 +447,14 @@ state = "{c}/state"
     def status(self) -> dict[str, Any]:
         return {"node": self.name, "base": str(self.base),
                 "processes": {n: {"pid": p, "alive": pid_alive(p)} for n, p in self._recorded().items()}}
+
+
+def _apt_install(packages: tuple[str, ...]) -> None:
+    """Install Debian packages (root, apt-get); failures are left to the caller's check."""
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"installing {' '.join(packages)} from Debian for the kubelet node (first use only)", flush=True)
+    subprocess.run([apt, "update", "-q"], env=env, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run([apt, "install", "-y", "-q", *packages], env=env, check=False, stdout=subprocess.DEVNULL)
