@@ -78,7 +78,7 @@ def test_the_go_bind_ceiling_uses_the_client_go_the_control_plane_modules_are_re
     k8s = (b.K8SBIN_DIR / "go.mod").read_text()
     ceiling = (b.CEILINGBIN_DIR / "go.mod").read_text()
     for mod in ("k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery"):
-        assert b._pinned_version(ceiling, mod) == b._pinned_version(k8s, mod) == "v0.34.4", mod
+        assert b._pinned_version(ceiling, mod) == b._pinned_version(k8s, mod) == "v0.37.2", mod
     assert (b.CEILINGBIN_DIR / "bind-ceiling" / "main.go").exists()
 
 

@@ -414,7 +414,7 @@ def test_kubelet_built_from_the_control_planes_kubernetes():
         return set(re.findall(r"(k8s\.io/\S+ => k8s\.io/\S+ v\S+)", path.read_text()))
 
     k8s, kubelet = pins(ROOT / "deploy/k8sbin/go.mod"), pins(ROOT / "deploy/kubeletbin/go.mod")
-    assert "k8s.io/kubernetes => k8s.io/kubernetes v1.34.4" in kubelet and kubelet == k8s
+    assert "k8s.io/kubernetes => k8s.io/kubernetes v1.37.2" in kubelet and kubelet == k8s
 
 
 def test_daemonset_mounts_the_kubelet_sockets_and_rbac_covers_the_plugins_calls():

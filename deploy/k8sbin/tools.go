@@ -6,5 +6,4 @@ package k8sbin
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "sigs.k8s.io/scheduler-plugins/cmd/scheduler"
 )

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from gangsched.devcluster import binaries as bins
-from gangsched.devcluster.cluster import DevClusterError, free_ports, pid_alive, stop_process_group
+from gangsched.devcluster.cluster import DevClusterError, free_ports, minor_version, pid_alive, stop_process_group
 
 KUBELETBIN_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kubeletbin"
 
@@ -346,10 +346,12 @@ state = "{c}/state"
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "resolvConf": "", "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
             "volumePluginDir": str(self.base / "volume-plugins"), "serializeImagePulls": False,
+        }
+        if minor_version(bins._k8s_version((KUBELETBIN_DIR / "go.mod").read_text())) < (1, 35):
             # With cgroupsPerQOS off there is no pod cgroup, and 1.34's in-place resize path dereferences its nil
             # CPU quota (a kubelet panic seen once in ~100 pod starts here): nobody resizes pods on this node.
-            "featureGates": {"InPlacePodVerticalScaling": False},
-        }
+            # From 1.35 the gate is GA and locked on (setting it stops the kubelet).
+            config["featureGates"] = {"InPlacePodVerticalScaling": False}
         path = self.base / "kubelet-config.yaml"
         path.write_text(yaml.safe_dump(config))
         self._spawn("kubelet", [str(self.kubelet_bin), f"--config={path}", f"--kubeconfig={self.kubeconfig}",

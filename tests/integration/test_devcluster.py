@@ -62,7 +62,8 @@ def test_apiserver_ready(devcluster: DevCluster, kube: Any) -> None:
     assert all(p["alive"] for p in st["processes"].values()), st
     assert st["server"].startswith("https://127.0.0.1:")
     version = client.VersionApi(kube).get_code()
-    assert version.git_version.startswith("v1.34."), version.git_version
+    assert version.git_version == devcluster.binaries.k8s_version, version.git_version  # the pinned release
+    assert devcluster.binaries.k8s_version.startswith("v1.37."), "the dev cluster runs Kubernetes 1.37"
     # The admin client cert is accepted and the CA verifies the serving cert (same context Go clients use).
     with urllib.request.urlopen(f"{devcluster.server}/readyz", context=devcluster._ssl_context()) as r:
         assert r.read() == b"ok"
