@@ -117,6 +117,38 @@ def get_json(url: str, timeout: float = 30.0) -> dict[str, Any]:
         return json.loads(reply.read())
 
 
+def histograms(metrics_url: str, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    """Cumulative (le, count) buckets of each histogram `names` in gangsched's /metrics, summed over labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=30) as reply:
+        text = reply.read().decode()
+    out: dict[str, dict[float, float]] = {n: {} for n in names}
+    for fam in text_string_to_metric_families(text):
+        if fam.name in out:
+            for sample in fam.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("result", "bound") == "bound":
+                    le = float(sample.labels["le"])
+                    out[fam.name][le] = out[fam.name].get(le, 0.0) + sample.value
+    return {n: sorted(b.items()) for n, b in out.items()}
+
+
+def quantile(now: list[tuple[float, float]], before: list[tuple[float, float]], q: float) -> float:
+    """The q-quantile of the observations between two scrapes, interpolated within a bucket (PromQL's
+    histogram_quantile); NaN if none."""
+    prev = dict(before)
+    delta = [(le, c - prev.get(le, 0.0)) for le, c in now]
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, lo, below = q * total, 0.0, 0.0
+    for le, count in delta:
+        if count >= rank:
+            return lo if le == float("inf") else lo + (le - lo) * (rank - below) / max(count - below, 1e-9)
+        lo, below = le, count
+    return lo
+
+
 def rss_mb(pid: int) -> float:
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -271,6 +303,8 @@ def soak(args: argparse.Namespace, client: KubeClient, kubeconfig: Path, run: st
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/debug/books"
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    hists = ("gangsched_gang_scheduling_duration_seconds", "gangsched_binding_duration_seconds")
     minutes: list[dict[str, Any]] = []
     churn: Churn | None = None
     watcher = BindWatcher(client, ns, 1 << 40).start()
@@ -287,9 +321,14 @@ def soak(args: argparse.Namespace, client: KubeClient, kubeconfig: Path, run: st
         print(f"soak {run}: {args.minutes} min at {args.rate:g} pods/s after {args.warmup:g} s warm-up; "
               f"gangsched pid {proc.pid}, logs in {log_dir}", flush=True)
         segments = ([args.warmup] if args.warmup > 0 else []) + [60.0] * args.minutes
+        scraped = histograms(metrics_url, hists)
         for i, length in enumerate(segments):
             churn.reset()
             churn_s = churn.churn_for(length, proc)
+            # gangsched's own view since the last scrape (the previous check's stragglers included)
+            before, scraped = scraped, histograms(metrics_url, hists)
+            sched_p99 = quantile(scraped[hists[0]], before[hists[0]], 0.99)
+            bind_p99 = quantile(scraped[hists[1]], before[hists[1]], 0.99)
             if args.warmup > 0 and i == 0:
                 print(f"warm-up done: {churn.population()} pods alive", flush=True)
                 continue
@@ -304,12 +343,15 @@ def soak(args: argparse.Namespace, client: KubeClient, kubeconfig: Path, run: st
                    "pods_bound": churn.bound, "pods_deleted": churn.deleted, "gangs": len(churn.gang_lat),
                    "gang_p50_s": pct(churn.gang_lat, 50), "gang_p99_s": pct(churn.gang_lat, 99),
                    "single_p50_s": pct(churn.single_lat, 50), "single_p99_s": pct(churn.single_lat, 99),
+                   "sched_gang_p99_s": sched_p99, "bind_p99_ms": bind_p99 * 1e3,
                    "rss_mb": rss, "population": alive, "waiting": waiting, "backlog": backlog,
                    "load_1m": (load_average() or [float("nan")])[0], **check}
             minutes.append(row)
             print(f"minute {row['minute']:>2}: created {churn.made} (backlog {backlog}) bound {churn.bound} "
                   f"(waiting {waiting}) deleted {churn.deleted}  "
-                  f"gang p99 {row['gang_p99_s']:.3f} s  single p99 {row['single_p99_s']:.3f} s  RSS {rss:.0f} MB  "
+                  f"gang p99 {row['gang_p99_s']:.3f} s (gangsched's {sched_p99:.2f} s, binding "
+                  f"{bind_p99 * 1e3:.0f} ms)  "
+                  f"single p99 {row['single_p99_s']:.3f} s  RSS {rss:.0f} MB  "
                   f"books {'equal' if check['books_equal'] else 'DIFFER'} ({check['books_pods']} pods, "
                   f"{check['check_s']:.1f} s)  load {row['load_1m']}", flush=True)
     finally:
@@ -369,10 +411,11 @@ def summary(minutes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def report(minutes: list[dict[str, Any]], summ: dict[str, Any], title: str) -> str:
     headers = ["minute", "created", "backlog", "bound", "waiting", "deleted", "bound/s", "alive", "gangs", "gang p50 s",
-               "gang p99 s", "single p99 s", "RSS MB", "books", "pods compared", "check s", "load"]
+               "gang p99 s", "single p99 s", "gangsched's p99 s", "bind p99 ms", "RSS MB", "books", "pods compared",
+               "check s", "load"]
     rows = [[m["minute"], m["pods_created"], m["backlog"], m["pods_bound"], m["waiting"], m["pods_deleted"],
              m["pods_bound"] / m["churn_s"] if m["churn_s"] else float("nan"), m["population"], m["gangs"],
-             m["gang_p50_s"], m["gang_p99_s"], m["single_p99_s"], m["rss_mb"],
+             m["gang_p50_s"], m["gang_p99_s"], m["single_p99_s"], m["sched_gang_p99_s"], m["bind_p99_ms"], m["rss_mb"],
              "equal" if m["books_equal"] else f"DIFFER ({m['books_diff_count']})", m["books_pods"], m["check_s"],
              m["load_1m"]] for m in minutes]
     lines = [table(headers, rows, title=title)]

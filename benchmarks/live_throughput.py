@@ -56,11 +56,12 @@ A row reports the median round (pods/s median, with min and max over the rounds 
 other columns are those of the median round), and `load` = the 1-minute load average before its runs (the
 machine has 2 cores; other work shows up there). Every round's row is kept in the JSON (`rounds`).
 
-How long: a run is its pods' creation (~300-500 pods/s here), the scheduling, and the deletion; kube-scheduler
-at QPS 50 binds ~50 pods/s. At 2,048 pods (the default) a round of the 6 default schedulers over the 4
-workloads takes ~6 min per size; the full protocol (1,000/5,000/10,000 nodes, up to 50,048 pods, 3 rounds) is
-~15 hours on this machine, most of it kube-scheduler at QPS 50 and object creation: leave kube-scheduler out
-(`--schedulers`) to cut it by half.
+How long: a run is its pods' creation (~115 pods/s on this 2-core machine under a load of 15), the
+scheduling (100-250 pods/s; kube-scheduler at QPS 50: 50) and the deletion (~130 pods/s): ~25 ms per pod plus
+~5 s of start-up. 1,024 pods x 3 workloads x 5 schedulers x 3 rounds at 1,000 nodes took 24 min; the default
+(2,048 pods, 1,000 and 5,000 nodes, 4 workloads, 6 schedulers, 3 rounds) ~2 h; the full protocol (1,000 /
+5,000 / 10,000 nodes with 7,168 / 35,968 / 50,048 pods, the most that fit) ~2 days at that load, nearly all
+of it creating and deleting pods.
 
 `--profile-scheduler` adds one more gangsched run (largest size, `--profile-workload`, not in the table)
 under cProfile, one profiler per thread, and writes the top functions per thread group to results/live_profile.txt.
