@@ -81,6 +81,7 @@ class Book:
         self.giveback, self.status, self.writes = giveback, status, writes
         self.nudge = nudge or (lambda pod, message: None)
         self.refused: set[str] = set()  # pods we sent away with no node: kube-scheduler holds them back
+        self.incomplete: set[str] = set()  # ... of those, the ones sent away because their gang was incomplete
         self.clock, self.ttl, self.bind_wait, self.bind_retries = clock, ttl, bind_wait, bind_retries
         self.lock = threading.Condition(threading.RLock())
         self.reservations: dict[GangKey, Reservation] = {}
@@ -105,8 +106,11 @@ class Book:
         """After events and periodically: nodes into the state, expired or broken reservations dropped."""
         now = self.clock()
         self.cache.refresh_nodes()
-        self.cache.take_dirty()  # kube-scheduler owns the queue: nothing here re-queues gangs
+        dirty = self.cache.take_dirty()  # kube-scheduler owns the queue; we only call members back
+        if dirty and self.incomplete:
+            self._call_back(dirty)
         self.refused &= self.cache.pods.keys()
+        self.incomplete &= self.refused
         for gkey, res in list(self.reservations.items()):
             self._settle(gkey, res, now)
         if self.preemptor is not None:
@@ -118,6 +122,25 @@ class Book:
             if self.status is not None:
                 flush_status(self.cache, self.status)  # (a standby keeps its changed groups for when it leads)
         self.lock.notify_all()
+
+    def _call_back(self, dirty: set[GangKey]) -> None:
+        """Members turned away while their gang was incomplete are called back once its minMember pods exist.
+        kube-scheduler re-queues a pod it set aside on cluster events, but not on another unscheduled pod's
+        creation: a gang completed by a member kube-scheduler itself rejects (so never asks us about) would
+        leave them waiting for its 5-minute flush."""
+        by_gang: dict[GangKey, list[PodInfo]] = {}
+        for key in self.incomplete:
+            info = self.cache.pods.get(key)
+            if info is not None and info.gang in dirty:
+                by_gang.setdefault(info.gang, []).append(info)
+        for gkey, infos in by_gang.items():
+            view = self.cache.view(gkey)
+            if view is None or view.info is None or view.problem:
+                continue
+            for info in infos:
+                self.refused.discard(info.key)
+                self.incomplete.discard(info.key)
+                self.nudge(info.obj, f"{gkey}: its minMember pods exist")
 
     def _settle(self, gkey: GangKey, res: Reservation, now: float) -> None:
         bound = {k for k in res.pods if k in self.cache.pods and self.cache.pods[k].node}
@@ -169,6 +192,8 @@ class Book:
         verdict = self._filter(info, names)
         if not verdict.nodes and not verdict.error and info.gang is not None:
             self.refused.add(info.key)
+        else:
+            self.incomplete.discard(info.key)
         return verdict
 
     def _filter(self, info: PodInfo, names: list[str]) -> FilterVerdict:
@@ -192,6 +217,7 @@ class Book:
         if view is None:
             return FilterVerdict.none(names, f"pod {key} is not waiting for a node", unresolvable=True)
         if view.problem or view.info is None:
+            self.incomplete.add(key)  # (or its PodGroup is missing or invalid): called back when that changes
             return FilterVerdict.none(names, view.problem or f"{gkey} cannot be scheduled", unresolvable=True)
         gang = view.info
         holder = self._held_for(gang)
