@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster: DevCluster | None = None
     admin: KubeClient | None = None
     result: dict[str, Any] = {}
+    k8s_version = ""  # the apiserver's /version
     try:
         if own:
             cluster = DevCluster(tmp_state_dir("churn-soak-")).up()
@@ -469,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             kubeconfig = args.kubeconfig
         admin = KubeClient.load(str(kubeconfig), qps=0, burst=1, pool_size=40)
+        k8s_version = str(admin.request("GET", "/version", limit=False).get("gitVersion", ""))
         add_nodes(admin, run, 0, args.nodes)
         wait_nodes_ready(admin, run, args.nodes)
         if own and cluster is not None:
@@ -487,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     doc = {"meta": {"python": platform.python_version(), "machine": platform.machine(), "cpus": cpus(),
+                    "kube_apiserver": k8s_version,
                     "seconds": round(time.time() - started, 1), "load_average_before": load_before,
                     "load_average_after": load_average(), "run": run, "nodes": args.nodes, "rate": args.rate,
                     "lifetime_s": args.lifetime, "minutes": args.minutes, "warmup_s": args.warmup, "qps": args.qps,

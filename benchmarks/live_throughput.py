@@ -779,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     kwok_stopped = False
     runs: list[dict[str, Any]] = []
     setup: dict[str, Any] = {}
+    k8s_version = ""  # the apiserver's /version
     try:
         if own:
             cluster = DevCluster(tmp_state_dir("live-throughput-")).up()
@@ -790,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.baseline)
         admin = KubeClient.load(str(kubeconfig), qps=0, burst=1, pool_size=40)
         print(f"run {run}: logs in {log_dir}", flush=True)
+        k8s_version = str(admin.request("GET", "/version", limit=False).get("gitVersion", ""))
         if "ceiling-go" in schedulers:  # built (first use only) before anything is timed
             from gangsched.devcluster.binaries import ensure_bind_ceiling
             ensure_bind_ceiling()
@@ -847,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "meta": {
             "python": platform.python_version(), "machine": platform.machine(), "cpus": cpus(),
+            "kube_apiserver": k8s_version,
             "seconds": round(time.time() - started, 1), "load_average_before": load_before,
             "load_average_after": load_average(), "run": run, "own_cluster": own, "kwok_stopped": kwok_stopped,
             "pods": args.pods, "rounds": args.rounds, "qps": args.qps, "burst": args.burst,
