@@ -227,3 +227,28 @@ def test_native_status_keeps_other_conditions_and_its_transition_time() -> None:
     assert again["conditions"][1]["lastTransitionTime"] == first["conditions"][1]["lastTransitionTime"]
     done = native_status(obj, group, members, 2, "")
     assert done is not None and done["conditions"][1]["status"] == "True"
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_native_podgroup_api_absent_or_forbidden_holds_nothing_up(status: int) -> None:
+    """A cluster without the Workload API (404), or a deployment whose RBAC predates it (403): the informer says
+    so and syncs empty, so the scheduler (which waits for every informer) still schedules."""
+    import queue
+    import threading
+
+    from gangsched.live.informer import NATIVE_PODGROUPS, SYNC, Informer
+    from gangsched.live.kube import ApiError
+
+    class Refusing:
+        def list_all(self, path: str) -> tuple[list, str]:
+            raise ApiError(status, "Forbidden" if status == 403 else "NotFound", path)
+
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    informer = Informer(Refusing(), NATIVE_PODGROUPS, out, stop).start()  # type: ignore[arg-type]
+    try:
+        assert informer.synced.wait(5)
+        assert out.get(timeout=5) == ("nativepodgroups", SYNC, [])
+    finally:
+        stop.set()
+        informer.thread.join(10)

@@ -73,12 +73,15 @@ class Informer:
                     log.info("%s: watch expired (410 Gone), relisting", self.resource.kind)
                     rv = ""
                     continue
-                if e.status == 404 and self.resource.optional:
+                if e.status in (403, 404) and self.resource.optional:
+                    # absent (404), or not granted to us (403: an RBAC from before the API): nothing to schedule by,
+                    # so the others are not held up; said once, as most clusters do not serve the native PodGroups
                     self.out.put((self.resource.kind, SYNC, []))
                     self.synced.set()
-                    # said once: most clusters do not serve the native PodGroups, and need not
                     (log.warning if not self.absent else log.debug)(
-                        "%s: API not served (is the CRD installed, or the API enabled?); retrying", self.resource.kind)
+                        "%s: %s; retrying", self.resource.kind,
+                        "not allowed to list it (RBAC)" if e.status == 403
+                        else "API not served (is the CRD installed, or the API enabled?)")
                     self.absent = True
                     backoff = 5.0
                 else:
