@@ -11,10 +11,12 @@ as possible, the most valuable first), lifted from pods on one node to whole gan
 3. The lowest priority level that suffices: units up to the lowest level at which the gang fits are candidates
    (so the highest victim priority is as low as it can be).
 4. Reprieve: candidates are put back, the most valuable first (higher priority, more PodDisruptionBudget
-   violations, smaller gangs so fewer gangs go, longer running), each kept back if the gang still fits. Units
-   on nodes the gang's placement does not touch are put back at once: they cannot matter to it.
-Everything happens inside trials that are rolled back: the caller gets the victims and the placement the gang
-would have, and evicts (live) or releases (simulator) them itself.
+   violations, smaller gangs so fewer gangs go, longer running), each kept back if the gang still fits. Most
+   are settled without placing the gang again: its latest placement still holds with the unit back (a capacity
+   sum on the unit's nodes), or holds once the few members the unit displaces are moved; a batch the free
+   GPUs cannot cover is refused before placing. Then a last pass, so that no victim is unneeded.
+The state is left as it was (every unit released is put back, placements are tried in rolled-back trials): the
+caller gets the victims and the placement the gang would have, and evicts (live) or releases (simulator) them.
 """
 
 from __future__ import annotations
