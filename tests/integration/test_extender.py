@@ -233,20 +233,6 @@ def test_pods_wait_while_the_extender_is_down_and_resume_when_it_returns(cluster
     cluster.gpu_use_ok()
 
 
-@pytest.fixture
-def priorities(cluster: Cluster):
-    made = {}
-    for level, value in {"low": 100, "high": 10_000}.items():
-        name = f"{cluster.ns}-{level}"
-        cluster.c.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses",
-                          {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-                           "metadata": {"name": name}, "value": value})
-        made[level] = name
-    yield made
-    for name in made.values():
-        cluster.c.request("DELETE", f"/apis/scheduling.k8s.io/v1/priorityclasses/{name}")
-
-
 def test_preemption_through_the_extender_evicts_a_whole_low_gang(cluster: Cluster, setup: Setup, priorities):
     cluster.add_nodes(2, gpus=4)
     setup.extender()
