@@ -9,6 +9,12 @@ deadlock   6 GPUs (3 KWOK nodes x 2); two gangs of 4 one-GPU pods, created inter
 hoarding   the same 6 GPUs; a gang of 8 one-GPU pods (it can never fit) is created first and the scheduler
            started; 3 s later 4 single one-GPU pods arrive. A scheduler that lets the gang's members hold GPUs
            while it waits starves the small pods (scheduler-plugins#713).
+busy       the harder hoarding case: the same 6 GPUs, 3 of them taken by single pods bound first; then a gang of
+           4 that fits the cluster but not its 3 free GPUs, and 3 s later 3 more single pods. A check of the
+           gang against the cluster's capacity lets it through, and a scheduler whose gang members then hold
+           GPUs while they wait for the rest starves the small pods (the coscheduler's Permit holds them
+           `permitWaitingTimeSeconds`, 10 s in deploy/coscheduler-config.yaml). `small wait s`: from the small
+           pods' creation until the last of them was bound.
 
 Schedulers: gangsched (`gangsched run`, gangs by scheduler-plugins' label and PodGroup), kube-scheduler (stock,
 the same objects: it does not know gangs), coscheduler (scheduler-plugins v0.34.7, Coscheduling, the same objects,
@@ -41,13 +47,14 @@ except ImportError:
 from gangsched.devcluster import DevCluster, DevClusterError  # noqa: E402
 from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
 from gangsched.devcluster.nodes import gpu_node_manifest  # noqa: E402
+from gangsched.jobs.manifests import native_podgroup  # noqa: E402
 from gangsched.live.kube import ApiError, KubeClient  # noqa: E402
 from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
 from gangsched.sim.report import load_average, table, write_json  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "gang_cases.json"
 SCHEDULERS = ("gangsched", "kube-scheduler", "coscheduler", "kube-scheduler-gangs")
-CASES = ("deadlock", "hoarding")
+CASES = ("deadlock", "hoarding", "busy")
 LABEL = "gangsched.io/case"
 PLUGINS_API = "/apis/scheduling.x-k8s.io/v1alpha1"
 NATIVE_API = "/apis/scheduling.k8s.io/v1beta1"
@@ -55,8 +62,7 @@ NATIVE_API = "/apis/scheduling.k8s.io/v1beta1"
 
 def podgroup(name: str, size: int, native: bool) -> dict[str, Any]:
     if native:
-        return {"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup", "metadata": {"name": name},
-                "spec": {"schedulingPolicy": {"gang": {"minCount": size}}}}
+        return native_podgroup(name, None, size)
     return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": name},
             "spec": {"minMember": size}}
 
@@ -87,6 +93,7 @@ class Run:
         self.logs = logs
         self.proc: Any = None
         self.nodes: list[str] = []
+        self.seen: dict[str, float] = {}  # pod -> when first seen bound (monotonic), by settle
 
     def setup(self) -> None:
         self.c.request("POST", "/api/v1/namespaces", {"metadata": {"name": self.ns}})
@@ -131,12 +138,16 @@ class Run:
         return {p["metadata"]["name"]: p["spec"]["nodeName"] for p in items if p["spec"].get("nodeName")}
 
     def settle(self, quiet: float, timeout: float) -> tuple[dict[str, str], float]:
-        """The bindings once unchanged for `quiet` seconds; and when they last changed (seconds since start)."""
+        """The bindings once unchanged for `quiet` seconds; and when they last changed (seconds since start).
+        `self.seen`: when each pod was first seen bound (monotonic)."""
         start = time.monotonic()
         last, changed = self.bound(), start
+        self.seen = dict.fromkeys(last, start)
         while time.monotonic() - changed < quiet and time.monotonic() - start < timeout:
             time.sleep(0.5)
             now = self.bound()
+            for name in now.keys() - self.seen.keys():
+                self.seen[name] = time.monotonic()
             if now != last:
                 last, changed = now, time.monotonic()
         return last, changed - start
@@ -187,6 +198,33 @@ def hoarding(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     return {"big_bound": big, "small_bound": small, "outcome": outcome, "settled_s": round(at, 1)}
 
 
+def busy(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    run.pods([(f"filler-{i}", None) for i in range(3)])
+    run.start()
+    deadline = time.monotonic() + args.timeout
+    while len(run.bound()) < 3:
+        if time.monotonic() > deadline:
+            return {"outcome": "the 3 single pods taking half the GPUs were never bound"}
+        time.sleep(0.2)
+    run.group("big", 4)
+    run.pods([(f"big-{i}", "big") for i in range(4)])
+    time.sleep(3.0)
+    small_at = time.monotonic()
+    run.pods([(f"small-{i}", None) for i in range(3)])
+    bound, at = run.settle(args.settle, args.timeout)
+    big = sum(1 for p in bound if p.startswith("big-"))
+    small = [p for p in bound if p.startswith("small-")]
+    wait = round(max(run.seen[p] for p in small) - small_at, 1) if len(small) == 3 else None
+    outcome = ("small pods run, the gang holds nothing" if len(small) == 3 and big == 0 else
+               f"the gang holds {big} GPUs, {3 - len(small)} small pods starve" if big else
+               f"{len(small)}/3 small bound")
+    return {"big_bound": big, "small_bound": len(small), "small_wait_s": wait, "outcome": outcome,
+            "settled_s": round(at, 1)}
+
+
+CASE_RUNS = {"deadlock": deadlock, "hoarding": hoarding, "busy": busy}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--schedulers", default=",".join(SCHEDULERS))
@@ -211,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = Run(cluster, client, which, case, logs)
                 try:
                     run.setup()
-                    result = (deadlock if case == "deadlock" else hoarding)(run, args)
+                    result = CASE_RUNS[case](run, args)
                 except DevClusterError as e:
                     result = {"outcome": f"did not run: {str(e).splitlines()[0]}"}
                 finally:
@@ -220,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
                 detail = (f"a {result.get('bound_a')} / b {result.get('bound_b')}" if case == "deadlock"
                           else f"gang {result.get('big_bound')} / small {result.get('small_bound')}")
-                rows.append([case, which, detail, result["outcome"], result.get("settled_s")])
+                rows.append([case, which, detail, result["outcome"], result.get("settled_s"),
+                             result.get("small_wait_s", "")])
                 print(f"{case:9s} {which:21s} {detail:18s} {result['outcome']}", flush=True)
         print()
-        print(table(["case", "scheduler", "bound", "what it did", "last change s"], rows,
+        print(table(["case", "scheduler", "bound", "what it did", "last change s", "small wait s"], rows,
                     title=f"gang cases on Kubernetes {cluster.binaries.k8s_version} (6 GPUs; settle {args.settle} s)"))
         write_json(args.out, {"k8s": cluster.binaries.k8s_version, "settle_s": args.settle, "results": results})
         print(f"wrote {args.out}")

@@ -5,7 +5,8 @@ namespaces) with 6 GPUs in all, two TF MultiWorkerMirroredStrategy jobs of 4 wor
 their pods interleaved. gangsched binds one job whole, it trains and succeeds, then the other; with `--mode
 extender` the real kube-scheduler places the pods, calling `gangsched extender`, to the same effect. kube-scheduler
 places pods one at a time: both jobs get some workers, neither can form its cluster, and both fail at their
-start-up deadline. The same `run_jobs` drives the e2e test (tests/e2e/test_head_to_head.py).
+start-up deadline. On Kubernetes >= 1.37 kube-scheduler's own gang scheduling (the Workload API: the jobs' gangs
+as native PodGroups) runs them too. The same `run_jobs` drives the e2e tests (tests/integration/test_e2e_training.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from gangsched.live.kube import ApiError, KubeClient
 PROCESS_NODE_LABEL = "gangsched.io/process-node"
 EXTENDER_PROFILE = "gangsched-extender"  # the kube-scheduler profile that calls the extender in --mode extender
 LABELS = {"gangsched": "gangsched", "extender": "kube-scheduler + gangsched extender",
-          "kube-scheduler": "kube-scheduler"}
+          "kube-scheduler": "kube-scheduler", "kube-scheduler-gangs": "kube-scheduler native gangs"}
+PEERS = ("kube-scheduler", "kube-scheduler-gangs")  # the schedulers gangsched is compared with, in this order
+PEER_PROFILES = {"kube-scheduler": "default-scheduler", "kube-scheduler-gangs": "native-gangs"}
+PODGROUP_PATHS = ("/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{ns}/podgroups",  # scheduler-plugins'
+                  "/apis/scheduling.k8s.io/v1beta1/namespaces/{ns}/podgroups")  # Kubernetes' own
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -90,7 +95,7 @@ def interleave(jobs: list[list[dict]]) -> list[dict]:
 def create(client: KubeClient, obj: dict) -> None:
     ns = obj["metadata"]["namespace"]
     if obj["kind"] == "PodGroup":
-        path = f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{ns}/podgroups"
+        path = f"/apis/{obj['apiVersion']}/namespaces/{ns}/podgroups"
     else:
         path = f"/api/v1/namespaces/{ns}/pods"
     client.request("POST", path, obj)
@@ -162,12 +167,11 @@ def _update(times: PodTimes, pod: dict, now: float, on_change: Callable[[str, Po
 
 def delete_all(client: KubeClient, namespace: str, timeout: float = 60.0) -> None:
     """Delete the namespace's pods (the node agent stops their processes) and PodGroups, and wait."""
-    for path in (f"/api/v1/namespaces/{namespace}/pods",
-                 f"/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{namespace}/podgroups"):
+    for path in (f"/api/v1/namespaces/{namespace}/pods", *(p.format(ns=namespace) for p in PODGROUP_PATHS)):
         try:
             client.request("DELETE", path)
         except ApiError as e:
-            if e.status != 404:
+            if e.status != 404:  # (404 also: a control plane without the Workload API)
                 raise
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -185,9 +189,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("run", "extender"), default="run",
                    help="how gangsched places the pods: `run`, as its own scheduler (default), or `extender`, "
                         "kube-scheduler calling `gangsched extender` for filter, prioritize, bind and preempt")
-    p.add_argument("--no-compare", action="store_true", help="skip the kube-scheduler half of the demo")
+    p.add_argument("--peers", type=_peers, default=PEERS, metavar="LIST",
+                   help=f"the schedulers to compare with, comma-separated, of {','.join(PEERS)} (default: both; "
+                        "kube-scheduler-gangs, kube-scheduler's own gang scheduling, needs Kubernetes >= 1.37)")
+    p.add_argument("--no-compare", dest="peers", action="store_const", const=(), help="compare with nobody")
     p.add_argument("--keep", action="store_true", help="leave the dev cluster running afterwards")
     p.set_defaults(run=run)
+
+
+def _peers(text: str) -> tuple[str, ...]:
+    peers = tuple(p for p in text.split(",") if p)
+    bad = [p for p in peers if p not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown scheduler {', '.join(bad)}: choose from {', '.join(PEERS)}")
+    return peers
 
 
 def say(msg: str) -> None:
@@ -201,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     from gangsched.devcluster.procnode import ProcessNodes
 
     say(f"gangsched demo: two 4-worker TensorFlow jobs on 6 GPUs, "
-        f"{LABELS['extender' if args.mode == 'extender' else 'gangsched']} vs kube-scheduler")
+        f"{LABELS['extender' if args.mode == 'extender' else 'gangsched']} vs "
+        f"{', '.join(LABELS[p] for p in args.peers) or 'nobody'}")
     binaries = ensure_binaries(progress=say)
     state_dir = args.dir or Path(tempfile.mkdtemp(prefix="gangsched-demo-"))
     cluster = DevCluster(state_dir, binaries=binaries)
@@ -218,8 +234,11 @@ def run(args: argparse.Namespace) -> int:
         with ProcessNodes(client, names, gpus_per_node=args.gpus // n_nodes,
                           workdir=state_dir / "procnodes") as nodes:
             first = ("extender", EXTENDER_PROFILE) if args.mode == "extender" else ("gangsched", "gangsched")
-            runs = [first] + ([] if args.no_compare else [("kube-scheduler", "default-scheduler")])
-            for label, scheduler_name in runs:
+            peers = [p for p in args.peers if p != "kube-scheduler-gangs" or cluster.workload_api]
+            if len(peers) < len(args.peers):
+                say(f"(kube-scheduler native gangs left out: Kubernetes {cluster.binaries.k8s_version} has no "
+                    "Workload API)")
+            for label, scheduler_name in [first] + [(p, PEER_PROFILES[p]) for p in peers]:
                 results.append(_one_run(cluster, client, nodes, label, scheduler_name, args))
     finally:
         if not args.keep:
@@ -234,15 +253,15 @@ def run(args: argparse.Namespace) -> int:
     ok = results and all(results[0].outcome(j) == "succeeded" for j in results[0].jobs())
     who = results[0].scheduler if results else "gangsched"
     say(f"{who}: both jobs succeeded, one after the other." if ok else f"{who}: NOT every job succeeded.")
-    if len(results) > 1:
-        outcomes = {j: results[1].outcome(j) for j in results[1].jobs()}
-        say(f"kube-scheduler: {', '.join(f'{j} {o}' for j, o in sorted(outcomes.items()))}.")
+    for peer in results[1:]:
+        outcomes = {j: peer.outcome(j) for j in peer.jobs()}
+        say(f"{peer.scheduler}: {', '.join(f'{j} {o}' for j, o in sorted(outcomes.items()))}.")
     return 0 if ok else 1
 
 
 def _one_run(cluster, client: KubeClient, nodes, label: str, scheduler_name: str,
              args: argparse.Namespace) -> Timeline:
-    from gangsched.jobs.manifests import tf_job
+    from gangsched.jobs.manifests import as_native, tf_job
 
     namespace = f"demo-{label}"
     client.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
@@ -254,7 +273,7 @@ def _one_run(cluster, client: KubeClient, nodes, label: str, scheduler_name: str
         for o in objs:
             if o["kind"] == "Pod":
                 o["spec"]["nodeSelector"] = {PROCESS_NODE_LABEL: "true"}
-        jobs.append(objs)
+        jobs.append(as_native(objs) if label == "kube-scheduler-gangs" else objs)
     say(f"\n== {LABELS[label]}: starting the scheduler, submitting job-a and job-b (pods interleaved) ==")
     proc = _start_scheduler(cluster, label, scheduler_name)
     t0 = time.monotonic()
@@ -310,4 +329,4 @@ def _start_scheduler(cluster, label: str, scheduler_name: str):
                     popen.kill()
                 log.close()
         return _Proc()
-    return cluster.start_kube_scheduler(scheduler_name)
+    return cluster.start_kube_scheduler(scheduler_name, gangs=label == "kube-scheduler-gangs")

@@ -95,6 +95,7 @@ class Evictions:
         self.live = live
         self.evicted: list[str] = []
         self.nominated: dict[str, str] = {}
+        self.disrupted: dict[str, str] = {}  # native PodGroup -> DisruptionTarget message
 
     def evict(self, pod: dict, message: str) -> bool:
         key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
@@ -106,6 +107,9 @@ class Evictions:
 
     def nominate(self, pod: dict, node: str) -> None:
         self.nominated[pod["metadata"]["name"]] = node
+
+    def disrupt(self, group: dict, message: str) -> None:
+        self.disrupted[group["metadata"]["name"]] = message
 
 
 class Statuses:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gangsched.jobs.manifests import GPU, POD_GROUP_LABEL, PROCESS_NODES, pytorch_job, tf_job
+from gangsched.jobs.manifests import GPU, POD_GROUP_LABEL, PROCESS_NODES, as_native, pytorch_job, tf_job
 
 
 def env_of(pod: dict) -> dict[str, str]:
@@ -41,6 +41,21 @@ def test_tf_mwms_job() -> None:
         assert env["STARTUP_DEADLINE_SECONDS"] == "90"
         assert json.loads(env["TF_CONFIG"]) == {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": i},
                                                 "environment": "cloud"}
+
+
+def test_a_job_as_native_podgroups() -> None:
+    objs = tf_job("mnist", "team-a", workers=2)
+    native = as_native(objs)
+    group, pods = native[0], native[1:]
+    assert group == {"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup",
+                     "metadata": {"name": "mnist", "namespace": "team-a",
+                                  "labels": {"training.kubeflow.org/job-name": "mnist"}},
+                     "spec": {"schedulingPolicy": {"gang": {"minCount": 2}}}}
+    for before, pod in zip(objs[1:], pods, strict=True):
+        assert pod["spec"]["schedulingGroup"] == {"podGroupName": "mnist"}
+        assert POD_GROUP_LABEL not in pod["metadata"]["labels"], "a pod naming both APIs is a conflict"
+        assert {k: v for k, v in pod["spec"].items() if k != "schedulingGroup"} == before["spec"]
+    assert POD_GROUP_LABEL in objs[1]["metadata"]["labels"], "the input is left as it was"
 
 
 def test_tf_ps_job() -> None:

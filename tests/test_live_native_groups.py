@@ -213,6 +213,25 @@ def test_disruption_mode_all_makes_a_running_gang_one_victim_and_never_shields_t
     assert not live.cache.pods["default/c0"].never_preempts
 
 
+def test_a_native_gang_preempted_whole_gets_disruption_target_and_a_trimmed_one_does_not() -> None:
+    live = Live("binpack", preemption=True)
+    live.put("nodes", node("n0", gpus=4))
+    live.put(KIND, native_group("whole", 2))
+    live.put(KIND, native_group("elastic", 1))  # 2 members: the one above minCount may go alone
+    for g in ("whole", "elastic"):
+        for i in range(2):
+            live.put("pods", native_pod(f"{g}-{i}", g, node_name="n0", phase="Running", priority=0,
+                                        created=T0 - 100 + (i if g == "elastic" else 50)))
+    live.put(KIND, native_group("urgent", 3, priority=1000))
+    for i in range(3):
+        live.put("pods", native_pod(f"urgent-{i}", "urgent", priority=1000))
+    live.cycle()
+    evicted = sorted(live.evictions.evicted)
+    assert len(evicted) == 3 and "default/elastic-0" not in evicted, evicted  # 3 GPUs: one gang, one extra
+    assert set(live.evictions.disrupted) == {"whole"}, "only a PodGroup evicted whole is about to be terminated"
+    assert "preempted by gang default/urgent (priority 1000)" in live.evictions.disrupted["whole"]
+
+
 def test_native_status_keeps_other_conditions_and_its_transition_time() -> None:
     group = PodGroup("g", 2)
     members: list[Any] = []

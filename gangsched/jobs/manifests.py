@@ -17,6 +17,7 @@ from typing import Any, Literal
 from gangsched.devcluster.procnode import PROCESS_NODE_LABEL
 
 PODGROUP_API = "scheduling.x-k8s.io/v1alpha1"
+NATIVE_PODGROUP_API = "scheduling.k8s.io/v1beta1"  # Kubernetes' own (Workload API, beta in 1.37)
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 GPU = "nvidia.com/gpu"
 TF_IMAGE = "tensorflow/tensorflow:2.21.0"
@@ -34,6 +35,31 @@ def podgroup(name: str, namespace: str, min_member: int, schedule_timeout: int |
     return {"apiVersion": PODGROUP_API, "kind": "PodGroup",
             "metadata": {"name": name, "namespace": namespace, "labels": {"training.kubeflow.org/job-name": name}},
             "spec": spec}
+
+
+def native_podgroup(name: str, namespace: str | None, min_count: int, labels: Mapping[str, str] | None = None) -> Obj:
+    """Kubernetes' own PodGroup: a gang of `min_count` (kube-scheduler >= 1.37 with GenericWorkload, or
+    gangsched), which its pods name in spec.schedulingGroup.podGroupName."""
+    meta: Obj = {"name": name, **({"namespace": namespace} if namespace else {}), "labels": dict(labels or {})}
+    return {"apiVersion": NATIVE_PODGROUP_API, "kind": "PodGroup", "metadata": meta,
+            "spec": {"schedulingPolicy": {"gang": {"minCount": min_count}}}}
+
+
+def as_native(objs: list[Obj]) -> list[Obj]:
+    """A job's objects with its gang in the native API instead of scheduler-plugins': each PodGroup as a
+    native one of minCount = minMember, and each pod naming it in spec.schedulingGroup (the label dropped)."""
+    out: list[Obj] = []
+    for o in objs:
+        meta = o["metadata"]
+        if o["kind"] == "PodGroup":
+            out.append(native_podgroup(meta["name"], meta.get("namespace"), o["spec"]["minMember"],
+                                       meta.get("labels")))
+            continue
+        labels = dict(meta.get("labels") or {})
+        group = labels.pop(POD_GROUP_LABEL, None)
+        spec = dict(o["spec"], schedulingGroup={"podGroupName": group}) if group else o["spec"]
+        out.append({**o, "metadata": {**meta, "labels": labels}, "spec": spec})
+    return out
 
 
 def peer_address(job: str, namespace: str, pod: str, port: int) -> str:

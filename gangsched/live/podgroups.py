@@ -134,8 +134,11 @@ class StatusWriter:
                 key, (api, status) = self._pending.popitem()
             ns, name = key.split("/", 1)
             try:
+                # a native PodGroup is a built-in type: a strategic merge keeps the conditions others wrote
+                # meanwhile (preemption's DisruptionTarget); scheduler-plugins' is a CRD, merge patch only
+                kind = "strategic-merge-patch" if api == NATIVE_API else "merge-patch"
                 self.client.request("PATCH", f"/apis/{api}/namespaces/{ns}/podgroups/{name}/status",
-                                    {"status": status}, content_type="application/merge-patch+json")
+                                    {"status": status}, content_type=f"application/{kind}+json")
                 self.written += 1
             except ApiError as e:
                 if e.status != 404:

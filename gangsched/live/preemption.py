@@ -2,12 +2,13 @@
 
 Victims get kube-scheduler's `DisruptionTarget` condition (reason `PreemptionByScheduler`, which Job
 controllers and training operators read) and a `Preempted` Event naming the preemptor, then are deleted
-gracefully (their `terminationGracePeriodSeconds` respected). The preemptor's members get
-`status.nominatedNodeName`, as kube-scheduler writes it, before the evictions. While the victims terminate the
-gang *holds*: the pass places no gang of lower priority (see `cycle.run_pass`), so what the victims free goes
-to it. The hold ends when the gang is placed, is gone, or its victims have not gone within `hold_seconds`. A
-restarted scheduler finds the nominations on the pods and holds again; the victims it finds terminating are
-still accounted until they go.
+gracefully (their `terminationGracePeriodSeconds` respected). A native PodGroup (scheduling.k8s.io/v1beta1)
+evicted whole gets the same condition, which its API defines for this (kube-scheduler 1.37 does not write it
+yet). The preemptor's members get `status.nominatedNodeName`, as kube-scheduler writes it, before the
+evictions. While the victims terminate the gang *holds*: the pass places no gang of lower priority (see
+`cycle.run_pass`), so what the victims free goes to it. The hold ends when the gang is placed, is gone, or its
+victims have not gone within `hold_seconds`. A restarted scheduler finds the nominations on the pods and holds
+again; the victims it finds terminating are still accounted until they go.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gangsched.core import GangResult, Scheduler
 from gangsched.framework import GangInfo
 from gangsched.live.cache import Cache, GangKey
 from gangsched.live.kube import NOT_LEADER, ApiError, KubeClient, now_rfc3339
+from gangsched.live.podgroups import NATIVE_API
 from gangsched.live.ports import Recorder
 from gangsched.preempt import find_victims
 from gangsched.result import Code, Status
@@ -32,6 +34,8 @@ class Evictor(Protocol):
     def evict(self, pod: dict, message: str) -> bool: ...
 
     def nominate(self, pod: dict, node: str) -> None: ...
+
+    def disrupt(self, group: dict, message: str) -> None: ...
 
 
 @dataclass
@@ -89,6 +93,10 @@ class Preemptor:
             if info is not None and self.evictor.evict(info.obj, why):
                 self.evicted += 1
                 self.recorder.record(info.obj, "Pod", "Preempted", why)
+        for unit in found.victims:  # a native PodGroup evicted whole says so, as its pods do
+            group = self.cache.group_objs.get(str(unit.gang.key)) if unit.whole else None
+            if group is not None and group.get("apiVersion") == NATIVE_API:
+                self.evictor.disrupt(group, why)
         self.holding[gkey] = Hold(frozenset(found.victim_pods), self.clock() + self.hold_seconds)
         gangs = sorted({_label(str(u.gang.key)) for u in found.victims})
         past = sum(u.gang.pdb_violations for u in found.victims if u.whole)
@@ -142,6 +150,20 @@ class ApiEvictor:
             if e.reason != NOT_LEADER:
                 log.warning("evicting %s/%s failed: %s", meta.get("namespace"), meta["name"], e)
             return False
+
+    def disrupt(self, group: dict, message: str) -> None:
+        """The native PodGroup's DisruptionTarget condition, by strategic merge: its other conditions stay."""
+        meta = group["metadata"]
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                     "message": message[:32768], "lastTransitionTime": now_rfc3339(),
+                     "observedGeneration": meta.get("generation", 0)}
+        try:
+            self.client.request("PATCH", f"/apis/{NATIVE_API}/namespaces/{meta.get('namespace', 'default')}/"
+                                f"podgroups/{meta['name']}/status", {"status": {"conditions": [condition]}},
+                                content_type="application/strategic-merge-patch+json")
+        except ApiError as e:
+            if e.status != 404 and e.reason != NOT_LEADER:
+                log.warning("DisruptionTarget on PodGroup %s not written: %s", meta["name"], e)
 
     def nominate(self, pod: dict, node: str) -> None:
         meta = pod["metadata"]

@@ -2,7 +2,8 @@
 
 Process nodes (gangsched.devcluster.procnode) run the bound pods as local processes, one network namespace
 per pod, on the dev cluster's real API server. The head-to-head runs the same two TF jobs under gangsched and
-under the real kube-scheduler. Every job has a start-up deadline, and every wait here a timeout.
+under the real kube-scheduler, alone and with its own gang scheduling (Kubernetes >= 1.37). Every job has a
+start-up deadline, and every wait here a timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from gangsched.demo import EXTENDER_PROFILE, PROCESS_NODE_LABEL, Timeline, delete_all, run_jobs, start_extender_mode
 from gangsched.devcluster.procnode import ProcessNodes
-from gangsched.jobs.manifests import pytorch_job, tf_job
+from gangsched.jobs.manifests import as_native, pytorch_job, tf_job
 from gangsched.live.kube import KubeClient
 from tests.integration.live import SchedulerProcess, wait_for
 
@@ -69,19 +70,23 @@ def show(timeline: Timeline, procnodes: ProcessNodes, ns: str) -> None:
                 print(f"--- {name} log tail\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
 
 
+def assert_one_after_the_other(timeline: Timeline) -> None:
+    """Both jobs succeeded, as whole gangs one after the other: the second job got no GPU while the first ran; it
+    was bound once the first job's workers finished (as seen by polling every 0.25 s, hence the tolerance)."""
+    assert {j: timeline.outcome(j) for j in timeline.jobs()} == {"job-a": "succeeded", "job-b": "succeeded"}
+    first_bound = {j: min(p.bound or 0.0 for p in pods) for j, pods in timeline.jobs().items()}
+    first, second = sorted(first_bound, key=first_bound.__getitem__)
+    done = max(p.finished or 0.0 for p in timeline.jobs()[first])
+    assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
+    assert first_bound[second] >= done - 1.0, (first_bound, done)
+
+
 def test_head_to_head_gangsched_runs_both_jobs_one_after_the_other(client, procnodes, namespace, gangsched):
     jobs = [on_process_nodes(tf_job(j, namespace, workers=4, gpus_per_worker=1, deadline=120))
             for j in ("job-a", "job-b")]
     timeline = run_jobs(client, namespace, jobs, "gangsched", timeout=420)
     show(timeline, procnodes, namespace)
-    assert {j: timeline.outcome(j) for j in timeline.jobs()} == {"job-a": "succeeded", "job-b": "succeeded"}
-    first_bound = {j: min(p.bound or 0.0 for p in pods) for j, pods in timeline.jobs().items()}
-    first, second = sorted(first_bound, key=first_bound.__getitem__)
-    # Whole gangs, one after the other: the second job got no GPU while the first ran; it was bound once the
-    # first job's workers finished (as seen by polling every 0.25 s, hence the tolerance).
-    done = max(p.finished or 0.0 for p in timeline.jobs()[first])
-    assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
-    assert first_bound[second] >= done - 1.0, (first_bound, done)
+    assert_one_after_the_other(timeline)
 
 
 def test_head_to_head_extender_runs_both_jobs_one_after_the_other(client, procnodes, namespace, devcluster,
@@ -96,13 +101,24 @@ def test_head_to_head_extender_runs_both_jobs_one_after_the_other(client, procno
         both.stop()
         print((tmp_path / f"extender-{EXTENDER_PROFILE}.log").read_text(errors="replace")[-3000:])
     show(timeline, procnodes, namespace)
-    assert {j: timeline.outcome(j) for j in timeline.jobs()} == {"job-a": "succeeded", "job-b": "succeeded"}
-    first_bound = {j: min(p.bound or 0.0 for p in pods) for j, pods in timeline.jobs().items()}
-    first, second = sorted(first_bound, key=first_bound.__getitem__)
-    # whole gangs, one after the other, as under `gangsched run`
-    done = max(p.finished or 0.0 for p in timeline.jobs()[first])
-    assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
-    assert first_bound[second] >= done - 1.0, (first_bound, done)
+    assert_one_after_the_other(timeline)  # as under `gangsched run`
+
+
+def test_head_to_head_native_gangs_of_kube_scheduler(client, procnodes, namespace, devcluster):
+    """The native peer of `gangsched demo`: kube-scheduler's own gang scheduling (Kubernetes >= 1.37), the jobs'
+    gangs as native PodGroups."""
+    if not devcluster.workload_api:
+        pytest.skip(f"Kubernetes {devcluster.binaries.k8s_version} has no Workload API")
+    jobs = [as_native(on_process_nodes(tf_job(j, namespace, workers=4, gpus_per_worker=1,
+                                              scheduler_name="native-gangs", deadline=120)))
+            for j in ("job-a", "job-b")]
+    sched = devcluster.start_kube_scheduler("native-gangs", gangs=True)
+    try:
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler native gangs", timeout=420)
+    finally:
+        sched.stop()
+    show(timeline, procnodes, namespace)
+    assert_one_after_the_other(timeline)
 
 
 def test_head_to_head_kube_scheduler_deadlocks_both_jobs(client, procnodes, namespace, devcluster):

@@ -33,7 +33,7 @@ def native_group(cluster: Cluster, name: str, min_count: int, **spec: Any) -> di
 
 
 def native_pod(cluster: Cluster, name: str, group: str, gpus: int = 1, scheduler: str = "gangsched",
-               label: str | None = None) -> dict:
+               label: str | None = None, priority_class: str | None = None) -> dict:
     limits = {"nvidia.com/gpu": str(gpus)}
     meta: dict[str, Any] = {"name": name, "namespace": cluster.ns, "labels": {POD_GROUP_LABEL: label} if label else {}}
     body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {
@@ -41,15 +41,16 @@ def native_pod(cluster: Cluster, name: str, group: str, gpus: int = 1, scheduler
         "terminationGracePeriodSeconds": 0, "schedulingGroup": {"podGroupName": group},
         "containers": [{"name": "main", "image": "busybox",
                         "resources": {"requests": {"cpu": "1", "memory": "1Gi", **limits}, "limits": limits}}]}}
+    if priority_class:
+        body["spec"]["priorityClassName"] = priority_class
     pod = cluster.c.request("POST", f"/api/v1/namespaces/{cluster.ns}/pods", body)
     assert pod["spec"]["schedulingGroup"] == {"podGroupName": group}, "the API server dropped spec.schedulingGroup"
     return pod
 
 
-def scheduled_condition(cluster: Cluster, name: str) -> dict | None:
+def scheduled_condition(cluster: Cluster, name: str, kind: str = "PodGroupInitiallyScheduled") -> dict | None:
     pg = cluster.c.request("GET", f"{API.format(ns=cluster.ns)}/{name}")
-    return next((c for c in (pg.get("status") or {}).get("conditions") or []
-                 if c["type"] == "PodGroupInitiallyScheduled"), None)
+    return next((c for c in (pg.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)
 
 
 def test_a_native_gang_is_bound_whole_and_its_condition_written(cluster: Cluster, start_scheduler):
@@ -84,6 +85,31 @@ def test_a_native_gang_that_cannot_fit_binds_nothing_and_is_unschedulable(cluste
     assert events[0]["involvedObject"]["apiVersion"] == "scheduling.k8s.io/v1beta1"
     assert events[0]["involvedObject"]["kind"] == "PodGroup"
     assert not cluster.bound()
+
+
+def test_a_native_gang_preempted_whole_gets_disruption_target(cluster: Cluster, start_scheduler, priorities):
+    cluster.add_nodes(1, gpus=4, kwok=False)  # nobody's node: an evicted pod stays terminating until deleted
+    start_scheduler()
+    native_group(cluster, "low", 4)
+    for i in range(4):
+        native_pod(cluster, f"low-{i}", "low", priority_class=priorities["low"])
+    wait_for(lambda: len(cluster.bound("low-")) == 4, 30, what="the low gang bound")
+    wait_for(lambda: (c := scheduled_condition(cluster, "low")) and c["status"] == "True", what="low scheduled")
+    native_group(cluster, "high", 4)
+    for i in range(4):
+        native_pod(cluster, f"high-{i}", "high", priority_class=priorities["high"])
+    cond = wait_for(lambda: scheduled_condition(cluster, "low", "DisruptionTarget"), 30,
+                    what="DisruptionTarget on the evicted PodGroup")
+    assert (cond["status"], cond["reason"]) == ("True", "PreemptionByScheduler")
+    assert "preempted by gang" in cond["message"] and "priority 10000" in cond["message"], cond["message"]
+    assert scheduled_condition(cluster, "low")["status"] == "True", "the scheduled condition was overwritten"
+    assert scheduled_condition(cluster, "high", "DisruptionTarget") is None
+    for p in cluster.pods("low-"):
+        assert p["metadata"].get("deletionTimestamp"), "the whole gang is evicted"
+        cluster.force_delete(p["metadata"]["name"])
+    wait_for(lambda: len(cluster.bound("high-")) == 4, 30, what="the high gang bound whole")
+    time.sleep(1)  # later status writes (the high gang's) keep the evicted group's condition too
+    assert scheduled_condition(cluster, "low", "DisruptionTarget") is not None
 
 
 def test_bad_input_is_told_naming_the_field(cluster: Cluster, start_scheduler):
