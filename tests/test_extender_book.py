@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -49,7 +50,8 @@ class Clock:
         return self.now
 
 
-def make(nodes: int = 2, gpus: int = 4, bind_wait: float = 2.0, fail: ApiError | None = None):
+def make(nodes: int = 2, gpus: int = 4, bind_wait: float = 2.0, fail: ApiError | None = None,
+         plan_ahead: bool = True):
     state = ClusterState([])
     cache = Cache(state, SCHED)
     posted: list[dict] = []
@@ -60,7 +62,7 @@ def make(nodes: int = 2, gpus: int = 4, bind_wait: float = 2.0, fail: ApiError |
 
     clock = Clock()
     book = Locked(Book(cache, Scheduler(state, load_profile("default")), load_profile("default"), post,
-                       clock=clock, ttl=30.0, bind_wait=bind_wait, bind_retries=1))
+                       clock=clock, ttl=30.0, bind_wait=bind_wait, bind_retries=1, plan_ahead=plan_ahead))
     book.apply("nodes", inf.SYNC, [node(f"n{i}", gpus=gpus) for i in range(nodes)])
     book.apply("podgroups", inf.SYNC, [])
     book.apply("pods", inf.SYNC, [])
@@ -473,3 +475,184 @@ def test_members_of_a_complete_gang_that_does_not_fit_are_not_called_back_on_eve
     book.apply("pods", "MODIFIED", touched)  # (a nudge's own status write shows up like this)
     book.tick()
     assert not nudged  # a call-back would only be turned away again: no loop of writes
+
+
+# ---- plan-ahead ------------------------------------------------------------------------------------------------
+def plan_all(book: Locked) -> int:
+    """Run the planner's steps until none is due, as the event thread does: the number of steps that planned."""
+    steps = 0
+    while book.plan_step():
+        steps += 1
+        assert steps < 100
+    return steps
+
+
+def test_a_complete_gang_is_reserved_ahead_and_each_first_filter_is_a_lookup():
+    book, _, _ = make()
+    add(book, podgroup("g", 4))
+    pods = members(book, "g", 4)
+    assert plan_all(book) == 1
+    assert sorted(book.cache.assumed) == [f"default/g-{i}" for i in range(4)] and book.stats["planned_ahead"] == 1
+    for p in pods:
+        key = f"default/{p['metadata']['name']}"
+        assert book.filter(info(book, p), NAMES).nodes == [book.cache.assumed[key]]
+    assert book.stats["gangs_planned"] == 1  # no filter planned
+
+
+def test_an_incomplete_gang_is_not_planned_ahead():
+    book, _, _ = make()
+    add(book, podgroup("g", 4))
+    members(book, "g", 3)
+    assert plan_all(book) == 0
+    assert not book.cache.assumed and not book.reservations
+
+
+def test_the_higher_priority_gang_is_planned_ahead_and_the_other_not_when_only_one_fits():
+    book, _, _ = make(nodes=3, gpus=4)  # 12 GPUs, two gangs of 8
+    book.apply("priorityclasses", "ADDED", {"metadata": {"name": "high"}, "value": 1000})
+    add(book, podgroup("low", 8), podgroup("high", 8))
+    members(book, "low", 8)  # first come, but lower
+    add(book, *(pod(f"high-{i}", group="high", scheduler=SCHED, priorityClassName="high", priority=1000,
+                    created=T0 - 50) for i in range(8)))
+    assert plan_all(book) == 2  # high placed, low tried and missed
+    assert sorted(k.split("/")[1].split("-")[0] for k in book.cache.assumed) == ["high"] * 8
+    assert book.stats["ahead_misses"] == 1
+    assert plan_all(book) == 0  # nothing changed: low is not tried again in a loop
+
+
+def test_the_planner_plans_one_gang_per_step_and_the_next_steps_finish_the_rest():
+    book, _, _ = make(nodes=2, gpus=8)
+    for g in "abc":
+        add(book, podgroup(g, 2))
+        members(book, g, 2)
+    assert book.plan_step() and len(book.reservations) == 1  # the lock can be released between gangs
+    assert book.plan_step() and len(book.reservations) == 2
+    assert book.plan_step() and len(book.reservations) == 3
+    assert not book.plan_step()
+
+
+def test_the_event_thread_plans_every_gang_soon_not_one_per_idle_tick():
+    from gangsched.extender.run import pump
+
+    book, _, _ = make(nodes=2, gpus=8)
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    for g in "abcd":
+        events.put(("podgroups", "ADDED", podgroup(g, 2)))
+        for i in range(2):
+            events.put(("pods", "ADDED", pod(f"{g}-{i}", group=g, scheduler=SCHED)))
+    thread = threading.Thread(target=pump, args=(book.book, events, stop), kwargs={"tick": 5.0, "plan_for": 0.0})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 2.0  # far below 4 idle ticks of 5 s
+        while len(book.reservations) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(book.reservations) == 4
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_filter_before_the_planner_plans_the_gang_itself():
+    book, _, _ = make()
+    add(book, podgroup("g", 2))
+    pods = members(book, "g", 2)
+    assert len(book.filter(info(book, pods[0]), NAMES).nodes) == 1  # kube-scheduler was quicker
+    assert plan_all(book) == 0 and book.stats["gangs_planned"] == 1
+
+
+def test_an_expired_reservation_planned_ahead_is_not_planned_again_until_its_gang_changes():
+    book, _, clock = make()
+    add(book, podgroup("g", 2))
+    members(book, "g", 2)
+    assert plan_all(book) == 1
+    clock.now += 31  # kube-scheduler never came for it
+    book.tick()
+    assert not book.reservations and book.stats["expired"] == 1
+    for _ in range(3):
+        book.tick()
+        assert plan_all(book) == 0
+    assert not book.cache.assumed
+    add(book, pod("g-2", group="g", scheduler=SCHED))  # its controller adds a member
+    assert plan_all(book) == 1 and len(book.cache.assumed) == 3
+
+
+def test_a_parked_gang_is_still_planned_when_kube_scheduler_asks():
+    book, _, clock = make()
+    add(book, podgroup("g", 2))
+    pods = members(book, "g", 2)
+    plan_all(book)
+    clock.now += 31
+    book.tick()
+    assert len(book.filter(info(book, pods[1]), NAMES).nodes) == 1
+    assert len(book.cache.assumed) == 2 and book.stats["gangs_planned"] == 2
+
+
+def test_a_gang_that_did_not_fit_is_planned_ahead_once_capacity_is_freed_and_its_members_called_back():
+    book, _, _ = make(nodes=1, gpus=4)
+    nudged: list[tuple[str, str]] = []
+    book.book.nudge = lambda obj, message: nudged.append((obj["metadata"]["name"], message))
+    running = add(book, pod("busy", gpus=2, scheduler=SCHED, node_name="n0", devices="0,1", phase="Running"))
+    add(book, podgroup("g", 2))
+    pods = members(book, "g", 2, gpus=2)
+    assert plan_all(book) == 1 and not book.cache.assumed  # tried, no room
+    assert not book.filter(info(book, pods[0]), NAMES[:1]).nodes  # turned away: kube-scheduler holds it back
+    book.apply("pods", "DELETED", running[0])
+    book.tick()
+    assert plan_all(book) == 1 and len(book.cache.assumed) == 2
+    assert [n for n, _ in nudged] == ["g-0"] and "is placed whole" in nudged[0][1]
+
+
+def test_without_plan_ahead_nothing_is_planned_before_a_filter():
+    book, _, _ = make(plan_ahead=False)
+    add(book, podgroup("g", 2))
+    pods = members(book, "g", 2)
+    assert plan_all(book) == 0 and not book.cache.assumed
+    assert len(book.filter(info(book, pods[0]), NAMES).nodes) == 1
+    assert book.stats["gangs_planned"] == 1 and len(book.cache.assumed) == 2
+
+
+def test_a_gang_planned_ahead_is_kept_to_the_nodes_kube_scheduler_offered_its_members():
+    book, _, _ = make(nodes=2, gpus=4)
+    add(book, podgroup("g", 2))
+    pods = members(book, "g", 1)
+    assert not book.filter(info(book, pods[0]), ["n1"]).nodes  # incomplete; kube-scheduler's plugins allow n1 only
+    add(book, pod("g-1", group="g", scheduler=SCHED))
+    assert plan_all(book) == 1
+    assert book.cache.assumed["default/g-0"] == "n1"
+
+
+def test_a_reserved_node_rejected_after_planning_ahead_is_replanned_by_the_filter():
+    book, _, _ = make(nodes=3, gpus=4)
+    add(book, podgroup("g", 2))
+    pods = members(book, "g", 2)
+    plan_all(book)
+    reserved = book.cache.assumed["default/g-1"]
+    offered = [n for n in ("n0", "n1", "n2") if n != reserved]
+    verdict = book.filter(info(book, pods[1]), offered)
+    assert verdict.nodes and verdict.nodes[0] in offered and book.stats["replans"] == 1
+    assert len(book.cache.assumed) == 2 and int(book.cache.state.gpu_free.sum()) == (12 - 2) * 1000
+
+
+def test_a_replica_whose_kube_scheduler_does_not_lead_plans_nothing_ahead():
+    book, _, _ = make()
+    leading = [False]
+    book.book.writes = lambda: leading[0]
+    add(book, podgroup("g", 2))
+    members(book, "g", 2)
+    assert plan_all(book) == 0 and not book.cache.assumed  # it would only hold capacity no one asks for
+    leading[0] = True
+    assert plan_all(book) == 1
+
+
+def test_a_gang_whose_plan_raises_does_not_stop_the_planner(monkeypatch):
+    book, _, _ = make()
+    add(book, podgroup("g", 2))
+    members(book, "g", 2)
+
+    def broken(gang):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(book.core, "schedule_gang", broken)
+    assert plan_all(book) == 1 and book.stats["ahead_misses"] == 1  # logged, not raised into the event thread
+    assert not book.cache.assumed

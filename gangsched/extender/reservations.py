@@ -21,6 +21,19 @@ barrier opened (its mates already posted) leaves the gang below minMember: kube-
 if that never succeeds `live.giveback.GiveBack` deletes the bound members after the gang's timeout, as in
 `gangsched run`; PodGroup status is written the same way too (`live.podgroups.flush_status`).
 
+Plan ahead (`plan_ahead`, the default): planning a gang at 5,000 nodes takes milliseconds, too long for a
+filter call, so the event side does it before kube-scheduler asks. `tick` queues every changed gang that is
+complete, unreserved and without a problem in a `GangQueue` of the profile's order (as `gangsched run`'s
+pass: members already bound first, starving ones, then the queue sort, priority first), and `plan_step`, which
+the event thread calls after each tick with the lock released between calls, places the next one of them the
+same way a filter would (`_place`: kept to kube-scheduler's offers, nudging members turned away). The first
+filter of a member is then a lookup of its reserved node. A filter for a gang not planned yet plans it itself,
+as without plan-ahead, so correctness never depends on the planner being ahead. A gang that did not fit or
+was held for a higher-priority preemptor is tried again once capacity is freed, the nodes or the holds
+change; one whose reservation was dropped (expired, a member lost, the barrier timed out) is planned ahead
+again only once it changes, or when kube-scheduler asks, so a reservation kube-scheduler never binds is not
+taken again and again.
+
 Everything here runs under `lock` (a Condition: the bind barrier waits on it); the caller takes it around
 every call except `bind`, which takes it itself because it waits and posts outside it.
 """
@@ -34,7 +47,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from gangsched.core import Scheduler
+from gangsched.core import GangResult, Scheduler
 from gangsched.extender.protocol import BindArgs, FilterVerdict
 from gangsched.framework import GangInfo
 from gangsched.live.binder import BindRequest
@@ -47,7 +60,7 @@ from gangsched.live.preemption import Preemptor
 from gangsched.live.scheduler import refresh_workload
 from gangsched.model import NODE_NAME_FIELD, Requirement
 from gangsched.profile import Profile
-from gangsched.result import Code
+from gangsched.result import Code, Status
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +87,7 @@ class Book:
                  preemptor: Preemptor | None = None, clock: Callable[[], float] = time.time, ttl: float = 30.0,
                  bind_wait: float = 15.0, bind_retries: int = 3, nudge: Nudge | None = None,
                  giveback: GiveBack | None = None, status: StatusSink | None = None,
-                 writes: Callable[[], bool] = lambda: True):
+                 writes: Callable[[], bool] = lambda: True, plan_ahead: bool = True):
         self.cache, self.core, self.profile, self.post, self.preemptor = cache, core, profile, post, preemptor
         # as in `gangsched run`: gangs left below minMember give back their bound members; PodGroup status.
         # Only while `writes()`: the replica whose kube-scheduler leads (the others are never called).
@@ -92,6 +105,11 @@ class Book:
         self.posting: set[str] = set()  # bindings being posted: their node can no longer change
         self._workload: tuple[set, float] | None = None
         self.stats: Counter[str] = Counter()
+        # plan-ahead: complete gangs no one has reserved yet, in the profile's queue order; for those tried and
+        # not placed, the capacity stamp they were tried at (see _stamp) and the attempt's code
+        self.plan_ahead = plan_ahead
+        self.ahead = profile.new_queue()
+        self._tried: dict[GangKey, tuple[tuple, Code | None]] = {}
 
     # ---- events --------------------------------------------------------------------------------------------
     def apply(self, kind: str, typ: str, obj) -> None:
@@ -103,12 +121,15 @@ class Book:
             log.exception("%s %s event not applied", kind, typ)
 
     def tick(self) -> None:
-        """After events and periodically: nodes into the state, expired or broken reservations dropped."""
+        """After events and periodically: nodes into the state, changed gangs queued to plan ahead, expired or
+        broken reservations dropped."""
         now = self.clock()
         self.cache.refresh_nodes()
-        dirty = self.cache.take_dirty()  # kube-scheduler owns the queue; we only call members back
+        dirty = self.cache.take_dirty()  # kube-scheduler owns the queue; we call members back, and plan ahead
         if dirty and self.incomplete:
             self._call_back(dirty)
+        if self.plan_ahead:
+            self._requeue(dirty)  # before the reservations settle: a drop below parks its gang past these changes
         self.refused &= self.cache.pods.keys()
         self.incomplete &= self.refused
         for gkey, res in list(self.reservations.items()):
@@ -142,6 +163,55 @@ class Book:
                 self.incomplete.discard(info.key)
                 self.nudge(info.obj, f"{gkey}: its minMember pods exist")
 
+    def _requeue(self, dirty: set[GangKey]) -> None:
+        """Changed gangs into the plan-ahead queue as they are now, or out of it."""
+        for gkey in dirty:
+            self._tried.pop(gkey, None)  # a change to the gang itself: try it again at once
+            view = self.cache.view(gkey)
+            if view is None or view.info is None or view.problem or gkey in self.reservations:
+                self.ahead.remove(gkey)  # (a reserved gang is re-planned by the filter that finds its node gone)
+            else:
+                self.ahead.add(view.info)
+
+    def plan_step(self) -> bool:
+        """Plan ahead the next complete gang of the queue, if one is due: one gang per call, so the caller can
+        release the lock between calls and kube-scheduler's calls interleave. False when nothing is due."""
+        if not self.plan_ahead or not self.ahead or not self.writes():  # (a standby's kube-scheduler never asks)
+            return False
+        now, stamp = self.clock(), self._stamp()
+        for gang in self.ahead.pop_order(now):
+            gkey: GangKey = gang.key  # type: ignore[assignment]
+            tried = self._tried.get(gkey)
+            if tried is not None and tried[0] == stamp:  # nothing it waits for changed since
+                if tried[1] in (Code.UNSCHEDULABLE, Code.ERROR) and self.ahead.blocks(gang, now):
+                    return False  # it holds the line (backfill off, or starving), as in run_pass
+                continue
+            view = self.cache.view(gkey)  # the queue's copy orders; the plan takes the gang as it is now
+            if view is None or view.info is None or view.problem or gkey in self.reservations:
+                self.ahead.remove(gkey)  # a filter got there first, or the change is on its way to tick
+                continue
+            if self._held_for(view.info) is not None:
+                self._tried[gkey] = (stamp, None)
+                continue
+            try:
+                result = self._place(view.info)
+            except Exception as e:  # the event thread must not die of one bad gang (its trial was rolled back)
+                log.exception("planning gang %s ahead failed", gkey)
+                result = GangResult(view.info, Status.error(f"internal error: {type(e).__name__}: {e}"))
+            self.stats["planned_ahead" if result.ok else "ahead_misses"] += 1
+            if result.ok:
+                self.ahead.remove(gkey)
+                self._tried.pop(gkey, None)
+            else:
+                self._tried[gkey] = (stamp, result.code)
+            return True
+        return False
+
+    def _stamp(self) -> tuple:
+        """What a gang that did not fit (or was held) waits for: capacity freed, the nodes, the holds."""
+        holding = frozenset(self.preemptor.holding) if self.preemptor is not None else frozenset()
+        return self.cache.freed, self.cache.node_epoch, holding
+
     def _settle(self, gkey: GangKey, res: Reservation, now: float) -> None:
         bound = {k for k in res.pods if k in self.cache.pods and self.cache.pods[k].node}
         res.pods -= bound
@@ -165,9 +235,17 @@ class Book:
             return
         log.info("dropping the reservation of %s: %s", gkey, why)
         res.failed = why
+        # Parked: not planned ahead again until it changes (or kube-scheduler asks). Our own forgetting below
+        # dirties it; that is no change to the gang. (Outside tick's events all dirt is ours: the event thread
+        # applies events and ticks under one hold of the lock.)
+        already = gkey in self.cache.dirty
         for key in res.pods - self.posting:
             self.cache.forget(key)
             self.offered.pop(key, None)
+        if self.plan_ahead and not already:
+            self.cache.dirty.discard(gkey)
+        self.ahead.remove(gkey)
+        self._tried.pop(gkey, None)
         self.lock.notify_all()
 
     # ---- filter / prioritize -----------------------------------------------------------------------------------
@@ -224,33 +302,42 @@ class Book:
         if holder is not None:
             return FilterVerdict.none(names, f"{gkey}: capacity is held for {holder} (higher priority) while the "
                                              f"pods it preempted terminate", unresolvable=False)
-        self._refresh_workload()
-        result = self.core.schedule_gang(self._kept_to_offers(gang))
-        if result.ok and self.preemptor is not None:
-            self.preemptor.settle(gang, result)  # placed: it holds nothing any more
+        result = self._place(gang, asking=key)
         if result.ok:
-            self.stats["gangs_planned"] += 1
-            res = self.reservations.get(gkey)
-            if res is None:
-                res = self.reservations[gkey] = Reservation(gkey, gang.group.min_member, 0.0)
-            res.expires = self.clock() + self.ttl
-            for a in result.placed:
-                self.cache.assume(a)
-                res.pods.add(a.pod_key)
-                if a.pod_key in self.refused and a.pod_key != key:  # turned away earlier: call it back now
-                    self.refused.discard(a.pod_key)
-                    self.nudge(self.cache.pods[a.pod_key].obj, f"{gkey} is placed whole on {a.node_name}")
             self.refused.discard(key)
             node = self.cache.assumed.get(key)
             if node is not None and node in offered:
                 return FilterVerdict.only(node)
             message = f"{gkey} is placed, but this pod found no room: {result.message()}"
             return FilterVerdict.none(names, message, unresolvable=False)
-        res = self.reservations.get(gkey)
-        if res is not None and not res.open and len(gang.bound) < res.min_member:
-            # a re-plan that failed: the members already at bind cannot start either
-            self._drop(gkey, f"{gkey}: re-planned, it no longer fits: {result.message()}")
         return FilterVerdict.none(names, f"{gkey}: {result.message()}", unresolvable=result.code == Code.UNRESOLVABLE)
+
+    def _place(self, gang: GangInfo, asking: str = "") -> GangResult:
+        """Plan the gang whole and reserve it (for the filter of member `asking`, or ahead of any): each member
+        assumed on its node, and members turned away earlier called back. A failed re-plan drops what is left."""
+        gkey: GangKey = gang.key  # type: ignore[assignment]
+        self._refresh_workload()
+        result = self.core.schedule_gang(self._kept_to_offers(gang))
+        if not result.ok:
+            res = self.reservations.get(gkey)
+            if res is not None and not res.open and len(gang.bound) < res.min_member:
+                # a re-plan that failed: the members already at bind cannot start either
+                self._drop(gkey, f"{gkey}: re-planned, it no longer fits: {result.message()}")
+            return result
+        if self.preemptor is not None:
+            self.preemptor.settle(gang, result)  # placed: it holds nothing any more
+        self.stats["gangs_planned"] += 1
+        res = self.reservations.get(gkey)
+        if res is None:
+            res = self.reservations[gkey] = Reservation(gkey, gang.group.min_member, 0.0)
+        res.expires = self.clock() + self.ttl
+        for a in result.placed:
+            self.cache.assume(a)
+            res.pods.add(a.pod_key)
+            if a.pod_key in self.refused and a.pod_key != asking:  # turned away earlier: call it back now
+                self.refused.discard(a.pod_key)
+                self.nudge(self.cache.pods[a.pod_key].obj, f"{gkey} is placed whole on {a.node_name}")
+        return result
 
     def prioritize(self, info: PodInfo, names: list[str]) -> dict[str, int]:
         node = self.cache.assumed.get(info.key)

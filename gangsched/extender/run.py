@@ -2,7 +2,8 @@
 
 The same books as `gangsched run`: informers into a `live.cache.Cache`, the core's `Scheduler` over its state,
 `live.preemption.Preemptor` for the preempt verb. One thread drains the informers' events into the book (under
-its lock); the HTTP threads answer kube-scheduler's calls (under the same lock).
+its lock) and plans complete gangs ahead of kube-scheduler's calls, one gang per hold of the lock; the HTTP
+threads answer kube-scheduler's calls (under the same lock).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reservation-ttl", type=float, default=30.0,
                    help="seconds a reservation kube-scheduler never binds is kept (default: 30)")
     p.add_argument("--no-preemption", action="store_true", help="the preempt verb never names victims")
+    p.add_argument("--no-plan-ahead", action="store_true",
+                   help="plan a gang only when kube-scheduler filters its first member, inside that call, instead "
+                        "of as soon as it is complete (the behaviour before plan-ahead, to compare)")
     p.add_argument("--gang-timeout", type=float, default=60.0,
                    help="seconds a gang may stay below minMember with members bound (a binding failed for good) "
                         "before they are deleted, for PodGroups without spec.scheduleTimeoutSeconds (default: 60)")
@@ -79,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "default-scheduler", ttl: float = 30.0,
           bind_wait: float = 15.0, preemption: bool = True, gang_timeout: float = 60.0, events: bool = True,
-          writes: Callable[[], bool] = lambda: True) -> Book:
+          writes: Callable[[], bool] = lambda: True, plan_ahead: bool = True) -> Book:
     """The production wiring: the book over the cache, its bindings, evictions, Events and PodGroup status
     through `client`."""
     state = ClusterState([])
@@ -106,7 +110,7 @@ def build(client: KubeClient, profile: Profile, *, scheduler_name: str = "defaul
 
     return Book(cache, core, profile, post, preemptor=preemptor, ttl=ttl, bind_wait=bind_wait, nudge=nudge,
                 giveback=GiveBack(cache, delete, recorder, gang_timeout), status=StatusWriter(client).start(),
-                writes=writes)
+                writes=writes, plan_ahead=plan_ahead)
 
 
 def lease_ref(value: str) -> str:
@@ -166,12 +170,17 @@ def requeue(client: KubeClient, pod: dict, message: str) -> None:
             log.warning("re-queueing %s/%s failed: %s", meta.get("namespace"), meta["name"], e)
 
 
-def pump(book: Book, events: queue.Queue, stop: threading.Event, tick: float = 0.5) -> None:
-    """Informer events into the book, in batches, and a tick at least every `tick` seconds."""
+def pump(book: Book, events: queue.Queue, stop: threading.Event, tick: float = 0.5, plan_for: float = 0.05
+         ) -> None:
+    """Informer events into the book, in batches, a tick after each batch and at least every `tick` seconds,
+    then gangs planned ahead (`Book.plan_step`) for up to `plan_for` seconds before events are looked at again.
+    The lock is released between gangs, so kube-scheduler's calls wait for one gang's plan at most."""
+    left = False  # gangs left to plan: come back at once, not after the idle tick
+    ticked = 0.0
     while not stop.is_set():
         batch = []
         try:
-            batch.append(events.get(timeout=tick))
+            batch.append(events.get_nowait() if left else events.get(timeout=tick))
             while len(batch) < 1000:
                 batch.append(events.get_nowait())
         except queue.Empty:
@@ -179,7 +188,16 @@ def pump(book: Book, events: queue.Queue, stop: threading.Event, tick: float = 0
         with book.lock:
             for item in batch:
                 book.apply(*item)
-            book.tick()
+            if batch or time.monotonic() - ticked >= tick or not left:
+                book.tick()
+                ticked = time.monotonic()
+        until = time.monotonic() + plan_for
+        while True:  # at least one gang per round, however short `plan_for`
+            with book.lock:
+                left = book.plan_step()
+            time.sleep(0)  # let a call waiting for the lock take it (a released lock is not handed over)
+            if not left or stop.is_set() or time.monotonic() >= until:
+                break
 
 
 def scheduler_config(scheduler_name: str, url: str, *, node_cache_capable: bool = True, ca_file: str | None = None,
@@ -223,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     follower = LeaseFollower(client, args.follow_lease).start(stop) if args.follow_lease else None
     book = build(client, profile, scheduler_name=args.scheduler_name, ttl=args.reservation_ttl,
                  bind_wait=args.bind_wait, preemption=not args.no_preemption, gang_timeout=args.gang_timeout,
-                 events=not args.no_events, writes=follower or (lambda: True))
+                 events=not args.no_events, writes=follower or (lambda: True), plan_ahead=not args.no_plan_ahead)
     events: queue.Queue = queue.Queue()
     informers = inf.start_informers(client, events, stop)
     pumper = threading.Thread(target=pump, args=(book, events, stop), name="extender-events", daemon=True)

@@ -46,7 +46,10 @@ class Metrics:
                                  registry=self.registry)
         self.errors = Counter("gangsched_extender_request_errors_total",
                               "extender calls answered with an error, by verb", ["verb"], registry=self.registry)
-        for name, doc in (("gangs_planned", "gangs placed whole and reserved"), ("replans", "reservations "
+        for name, doc in (("gangs_planned", "gangs placed whole and reserved"),
+                          ("planned_ahead", "of those, placed before kube-scheduler asked about any member"),
+                          ("ahead_misses", "gangs tried ahead of kube-scheduler that did not fit"),
+                          ("replans", "reservations "
                           "re-planned because kube-scheduler rejected a reserved node"),
                           ("expired", "reservations never bound, expired"),
                           ("barrier_timeouts", "gangs whose members did not all reach bind in time"),
@@ -56,6 +59,9 @@ class Metrics:
                 lambda n=name: book.stats[n])
         Gauge("gangsched_extender_reservations", "gangs reserved, not bound yet", registry=self.registry
               ).set_function(lambda: len(book.reservations))
+        Gauge("gangsched_extender_plan_ahead_queue", "complete gangs not reserved yet, queued to plan ahead "
+              "(those tried stay until they fit or change)", registry=self.registry
+              ).set_function(lambda: len(book.ahead))
 
 
 class Extender:
