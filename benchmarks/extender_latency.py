@@ -1,15 +1,20 @@
-"""Per-verb latency of `gangsched extender`, over HTTP on loopback, as kube-scheduler calls it.
+"""Per-verb latency of `gangsched extender` over loopback HTTP, as kube-scheduler calls it: plan ahead vs on filter.
 
     .venv/bin/python benchmarks/extender_latency.py                      # 1,000 and 5,000 nodes
-    .venv/bin/python benchmarks/extender_latency.py --nodes 200 --gangs 5  # quick
+    .venv/bin/python benchmarks/extender_latency.py --nodes 200 --gangs 6  # quick
 
 The real server (`extender.server.serve`) over a real `Book` with `--nodes` nodes of 8 GPUs (no API server:
 informer events are applied directly and bindings go to a function that accepts them, then the pod is applied
 as bound, as the watch would show it). kube-scheduler's side is a keep-alive HTTP client sending what
-HTTPExtender sends with `nodeCacheCapable: true`: every node name in each filter/prioritize call. Per gang of
-`--gang` 1-GPU pods: filter for each member (the first one plans and reserves the whole gang: timed apart),
-prioritize for each, then the binds (from threads, as kube-scheduler's binding goroutines: the barrier needs
-them concurrent). Times are client round trips. Prints a table, writes JSON.
+HTTPExtender sends with `nodeCacheCapable: true`: every node name in each filter/prioritize call.
+
+Both modes in the same run, on the same book, alternating gang by gang: `ahead` (the default of `gangsched
+extender`: after the gang's events and tick, the planner, `Book.plan_step`, places it outside any HTTP call,
+timed on its own as "planner") and `filter` (`--no-plan-ahead`: the first member's filter plans the gang).
+Per gang of `--gang` 1-GPU pods: filter for each member (the first one timed apart), prioritize for each,
+then the binds: all members but one from threads (as kube-scheduler's binding goroutines), which wait at the
+gang's barrier, then, once they all wait, the last member's, which opens it (what the extender adds to
+kube-scheduler's own binding POST, timed apart). Times are client round trips. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ from gangsched.core import Scheduler  # noqa: E402
 from gangsched.extender.reservations import Book  # noqa: E402
 from gangsched.extender.server import Extender, serve  # noqa: E402
 from gangsched.live import informer as inf  # noqa: E402
-from gangsched.live.cache import Cache  # noqa: E402
+from gangsched.live.cache import Cache, GangKey  # noqa: E402
 from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
 from gangsched.profile import load_profile  # noqa: E402
 from gangsched.state import ClusterState  # noqa: E402
 
 SCHED = "default-scheduler"
+MODES = ("ahead", "filter")
+PLANNER = "planner, per gang (no HTTP call)"
+VERBS = ("filter, first member", "filter, other members", "prioritize", "bind, waits at the barrier",
+         "bind, opens the barrier")
 
 
 def node(i: int) -> dict:
@@ -94,9 +103,15 @@ def run(nodes: int, gangs: int, size: int) -> dict:
     server = serve(Extender(book, request_timeout=30.0), "127.0.0.1", 0)
     client = Client(server.server_address[1])
     names = [f"node-{i:05d}" for i in range(nodes)]
-    times: dict[str, list[float]] = {"filter (plans the gang)": [], "filter": [], "prioritize": [], "bind": []}
+    times: dict[str, dict[str, list[float]]] = {m: {v: [] for v in (PLANNER, *VERBS)} for m in MODES}
+    times["filter"].pop(PLANNER)
+    lock = threading.Lock()
     for g in range(gangs):
+        mode = MODES[g % 2]  # alternating: both modes see the same cluster, fill and machine load
+        book.plan_ahead = mode == "ahead"
+        t = times[mode]
         gang = f"g{g:04d}"
+        gkey = GangKey("bench", gang, True)
         members = [pod(gang, i) for i in range(size)]
         with book.lock:
             book.apply("podgroups", "ADDED", {"metadata": {"name": gang, "namespace": "bench", "uid": gang},
@@ -104,30 +119,46 @@ def run(nodes: int, gangs: int, size: int) -> dict:
             for m in members:
                 book.apply("pods", "ADDED", m)
             book.tick()
+        while True:  # the event thread's planner steps (run.pump), one gang per hold of the lock
+            with book.lock:
+                start = time.perf_counter()
+                planned = book.stats["planned_ahead"]
+                more = book.plan_step()
+                took = time.perf_counter() - start
+                if book.stats["planned_ahead"] > planned:
+                    t[PLANNER].append(took)
+            if not more:
+                break
+        assert (gkey in book.reservations) == (mode == "ahead"), (mode, gang)
         chosen = {}
         for i, m in enumerate(members):
             took, out = client.call("filter", {"Pod": m, "Nodes": None, "NodeNames": names})
             assert len(out["NodeNames"]) == 1, out["Error"] or out["FailedNodes"]
             chosen[m["metadata"]["name"]] = out["NodeNames"][0]
-            times["filter (plans the gang)" if i == 0 else "filter"].append(took)
+            t["filter, first member" if i == 0 else "filter, other members"].append(took)
             took, _ = client.call("prioritize", {"Pod": m, "Nodes": None, "NodeNames": names})
-            times["prioritize"].append(took)
-        threads = []
-        lock = threading.Lock()
+            t["prioritize"].append(took)
 
-        def bind(m: dict, chosen: dict[str, str], lock: threading.Lock) -> None:
+        def bind(m: dict, verb: str, t: dict[str, list[float]], chosen: dict[str, str]) -> None:
             name = m["metadata"]["name"]
             took, out = client.call("bind", {"PodName": name, "PodNamespace": "bench", "PodUID": name,
                                              "Node": chosen[name]})
             assert out["Error"] == "", out
             with lock:
-                times["bind"].append(took)
+                t[verb].append(took)
 
-        for m in members:
-            threads.append(threading.Thread(target=bind, args=(m, chosen, lock)))
-            threads[-1].start()
-        for t in threads:
-            t.join()
+        threads = [threading.Thread(target=bind, args=(m, "bind, waits at the barrier", t, chosen))
+                   for m in members[:-1]]
+        for th in threads:
+            th.start()
+        while True:  # every other member waits at the barrier: the last one's bind opens it
+            with book.lock:
+                if len(book.reservations[gkey].waiting) == size - 1:
+                    break
+            time.sleep(0.0005)
+        bind(members[-1], "bind, opens the barrier", t, chosen)
+        for th in threads:
+            th.join()
         with book.lock:  # the watch shows them bound
             for m in members:
                 obj = dict(m, spec=dict(m["spec"], nodeName=chosen[m["metadata"]["name"]]),
@@ -136,8 +167,11 @@ def run(nodes: int, gangs: int, size: int) -> dict:
             book.tick()
     server.shutdown()
     assert len(bound) == gangs * size
-    return {verb: {"calls": len(ts), "p50_ms": 1000 * statistics.median(ts),
-                   "p99_ms": 1000 * _quantile(ts, 0.99), "max_ms": 1000 * max(ts)} for verb, ts in times.items()}
+    assert book.stats["gangs_planned"] == gangs and book.stats["planned_ahead"] == (gangs + 1) // 2
+    return {mode: {verb: {"calls": len(ts), "p50_ms": 1000 * statistics.median(ts),
+                          "p99_ms": 1000 * _quantile(ts, 0.99), "max_ms": 1000 * max(ts)}
+                   for verb, ts in verbs.items() if ts}
+            for mode, verbs in times.items()}
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -148,21 +182,27 @@ def _quantile(xs: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nodes", default="1000,5000", help="comma-separated node counts")
-    p.add_argument("--gangs", type=int, default=40, help="gangs per node count")
+    p.add_argument("--gangs", type=int, default=100, help="gangs per node count, half in each mode")
     p.add_argument("--gang", type=int, default=8, help="pods per gang")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "extender_latency.json"))
     args = p.parse_args(argv)
     results = {}
     print(f"gangsched extender: per-verb round trip over loopback HTTP, gangs of {args.gang} x 1 GPU, "
-          f"nodeCacheCapable (every node name in each call)")
-    print(f"{'nodes':>6} {'verb':<24} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+          f"nodeCacheCapable (every node name in each call); ahead = planned before kube-scheduler asks, "
+          f"filter = --no-plan-ahead")
+    print(f"{'nodes':>6} {'mode':<6} {'verb':<33} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for n in [int(x) for x in args.nodes.split(",")]:
         results[str(n)] = run(n, args.gangs, args.gang)
-        for verb, r in results[str(n)].items():
-            print(f"{n:>6} {verb:<24} {r['calls']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f}")
+        for verb in (PLANNER, *VERBS):
+            for mode in MODES:
+                r = results[str(n)][mode].get(verb)
+                if r is not None:
+                    print(f"{n:>6} {mode:<6} {verb:<33} {r['calls']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                          f"{r['max_ms']:>8.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {"gangs": args.gangs, "gang": args.gang, "profile": "default"},
+    out.write_text(json.dumps({"meta": {"gangs": args.gangs, "gang": args.gang, "profile": "default",
+                                        "modes": {"ahead": "plan ahead (default)", "filter": "--no-plan-ahead"}},
                                "results": results}, indent=2))
     print(f"wrote {out}")
     return 0
