@@ -176,6 +176,28 @@ def test_a_member_whose_binding_keeps_being_refused_does_not_reset_the_gang_time
     assert "GangIncomplete" in {r for _, _, r, _ in live.events.items}
 
 
+def test_give_back_looks_at_changed_and_timed_gangs_only_and_sweeps_the_rest_now_and_then() -> None:
+    live = Live(gang_timeout=20)
+    live.put("nodes", node("n1", gpus=8))
+    for g in range(4):  # complete gangs, bound and running: nothing to give back
+        live.put("podgroups", podgroup(f"ok{g}", 2))
+        for i in range(2):
+            live.put("pods", pod(f"ok{g}-{i}", group=f"ok{g}", node_name="n1", phase="Running"))
+    half_bound(live)
+    giveback, looked = live.giveback, []
+    real = live.cache.bound_members
+    live.cache.bound_members = lambda gkey: looked.append(gkey.name) or real(gkey)  # type: ignore[method-assign]
+    live.cycle(advance=1.0)
+    assert looked == ["g"], "a cycle looks at the gangs that changed and the ones being timed, not every gang"
+    giveback.since.clear()  # as if the gang had become incomplete with no change marked
+    looked.clear()
+    for _ in range(int(giveback.sweep_every) + 21):
+        live.cycle(advance=1.0)
+        live.binds.take()  # b's placements: never answered, so b never binds and g stays incomplete
+    assert set(looked) >= {"ok0", "ok1", "ok2", "ok3", "g"}, "the periodic sweep looks at every gang"
+    assert live.deleted == ["default/a"], "the unmarked incomplete gang is given back after a sweep and its timeout"
+
+
 # ---- 6. a half-bound gang whose PodGroup goes ------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["deleted", "invalid"])
 def test_a_half_bound_gang_whose_podgroup_goes_is_given_back(how: str) -> None:
