@@ -161,6 +161,9 @@ def test_a_relist_of_one_api_keeps_the_other_apis_podgroups() -> None:
     ({"schedulingPolicy": {"basic": {}, "gang": {"minCount": 2}}}, "needs exactly one of basic, gang"),
     ({"schedulingPolicy": {"basic": {}}, "priority": "high"}, "spec.priority='high'"),
     ({"schedulingPolicy": {"basic": {}}, "preemptionPolicy": "Sometimes"}, "spec.preemptionPolicy='Sometimes'"),
+    ({"schedulingPolicy": {"gang": {"minCount": 2}}, "parentCompositePodGroupName": "job"},
+     "spec.parentCompositePodGroupName='job': CompositePodGroups (alpha, scheduling.k8s.io/v1alpha3) are not "
+     "supported"),
 ])
 def test_an_invalid_native_podgroup_is_an_event_naming_the_field(spec: dict, field: str) -> None:
     obj = {"metadata": {"name": "g", "namespace": "default"}, "spec": spec}

@@ -368,6 +368,10 @@ def native_podgroup_from(obj: dict) -> tuple[PodGroup, NativePolicy]:
     priority = spec.get("priority")
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
         raise ModelError(f"{where}: spec.priority={priority!r} must be an integer")
+    parent = spec.get("parentCompositePodGroupName")
+    if parent:  # its gang is the composite's (minGroupCount groups at once): scheduling it alone would be wrong
+        raise ModelError(f"{where}: spec.parentCompositePodGroupName={parent!r}: CompositePodGroups (alpha, "
+                         "scheduling.k8s.io/v1alpha3) are not supported; its pods are not scheduled")
     policy_name = spec.get("preemptionPolicy")
     if policy_name not in (None, "Never", "PreemptLowerPriority"):
         raise ModelError(f"{where}: spec.preemptionPolicy={policy_name!r}: expected Never or PreemptLowerPriority")
