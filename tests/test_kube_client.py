@@ -12,7 +12,6 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
 import pytest
 from kubernetes import client as k8s_client
 
@@ -27,7 +26,6 @@ class Recorder(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.seen: list[dict[str, Any]] = []
         self.delay = 0.0  # seconds before each reply
-        self.pages: dict[str, bytes] = {}  # continue token ("" first) -> a list reply
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -42,11 +40,8 @@ class Handler(BaseHTTPRequestHandler):
                                  "headers": dict(self.headers), "body": body})
         if self.server.delay:
             time.sleep(self.server.delay)
-        query = parse_qs(url.query)
-        if "watch" in query:
+        if "watch" in parse_qs(url.query):
             reply = json.dumps({"type": "ADDED", "object": {"kind": "Pod"}}).encode() + b"\n"
-        elif "limit" in query and self.server.pages:
-            reply = self.server.pages[query.get("continue", [""])[0]]
         else:
             reply = b"{}"
         self.send_response(200)
@@ -75,48 +70,6 @@ def make_client(server: Recorder, **kw: Any) -> KubeClient:
     cfg = k8s_client.Configuration()
     cfg.host = f"http://127.0.0.1:{server.server_address[1]}"
     return KubeClient(cfg, qps=0, **kw)
-
-
-def list_page(items: list[str], token: str, rv: str, metadata_first: bool = True) -> bytes:
-    meta = {"resourceVersion": rv, **({"continue": token, "remainingItemCount": 9} if token else {})}
-    body = {"items": [{"metadata": {"name": n}} for n in items]}
-    head = {"kind": "PodList", "apiVersion": "v1", "metadata": meta}
-    return json.dumps({**head, **body} if metadata_first else {**body, **head}).encode()
-
-
-@pytest.mark.parametrize("metadata_first", [True, False], ids=["as-the-api-server-writes", "unusual-order"])
-def test_list_all_follows_every_page_in_order(server: Recorder, metadata_first: bool):
-    server.pages = {"": list_page(["a", "b"], "t1", "10", metadata_first),
-                    "t1": list_page(["c", "d"], "t2", "10", metadata_first),
-                    "t2": list_page(["e"], "", "10", metadata_first)}
-    items, rv = make_client(server).list_all("/api/v1/pods", {"labelSelector": "x=y"}, page=2)
-    assert [o["metadata"]["name"] for o in items] == ["a", "b", "c", "d", "e"] and rv == "10"
-    assert [r["query"].get("continue") for r in server.seen] == [None, ["t1"], ["t2"]]
-    assert all(r["query"]["limit"] == ["2"] and r["query"]["labelSelector"] == ["x=y"] for r in server.seen)
-
-
-def test_list_all_asks_for_the_next_page_before_decoding_this_one(server: Recorder, monkeypatch):
-    server.pages = {"": list_page(["a"], "t1", "5"), "t1": list_page(["b"], "t2", "5"), "t2": list_page(["c"], "", "5")}
-    import gangsched.live.kube as kube
-
-    asked_before: list[int] = []  # per page decoded: requests the server had seen by then
-
-    class Watching:
-        @staticmethod
-        def loads(payload: bytes) -> Any:
-            if b'"items"' in payload:  # a page: give the prefetch a moment to reach the server
-                deadline = time.monotonic() + 5
-                want = min(len(asked_before) + 2, 3)
-                while len(server.seen) < want and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                asked_before.append(len(server.seen))
-            return orjson.loads(payload)
-
-    monkeypatch.setattr(kube, "orjson", type("M", (), {"loads": Watching.loads, "dumps": orjson.dumps,
-                                                        "JSONDecodeError": orjson.JSONDecodeError}))
-    items, _ = make_client(server).list_all("/api/v1/pods", page=1)
-    assert [o["metadata"]["name"] for o in items] == ["a", "b", "c"]
-    assert asked_before == [2, 3, 3], "each next page was asked for before this one was decoded"
 
 
 def test_user_agent_names_gangsched_on_every_request_watches_included(server: Recorder):
