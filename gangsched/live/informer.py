@@ -3,6 +3,13 @@
 Every change reaches one queue that a single scheduler thread drains, so the cache needs no locks. A
 relist (at start, after 410 Gone, or after an error that lost our place) is delivered as one SYNC event
 with the full item list, so the cache can also drop objects deleted while we were not watching.
+
+The list is a watch-list stream (KEP-3157, `sendInitialEvents`, as client-go's WatchListClient): the API
+server sends every object from its watch cache as an ADDED event, then a bookmark marked
+`k8s.io/initial-events-end`, and the same stream goes on as the watch. A paginated list is read from etcd
+page by page (5,000 nodes and 100,000 pods took 37 s to sync that way on this 2-core machine); the stream
+comes from memory and is decoded while the server is still writing it. A server that refuses the stream
+(400/422: the WatchList feature off) is listed the paginated way from then on.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from gangsched.live.kube import ApiError, KubeClient
 log = logging.getLogger(__name__)
 
 SYNC = "SYNC"
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # the bookmark that ends a watch-list stream's initial objects
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,9 @@ PDBS = Resource("pdbs", "/apis/policy/v1/poddisruptionbudgets")  # preemption's 
 
 class Informer:
     def __init__(self, client: KubeClient, resource: Resource, out: queue.Queue, stop: threading.Event,
-                 watch_timeout: int = 300):
+                 watch_timeout: int = 300, watch_list: bool = True):
         self.client = client
+        self.watch_list = watch_list  # list by a watch-list stream (else paginated); off once a server refuses it
         self.resource = resource
         self.out = out
         self.stop = stop
@@ -59,19 +68,22 @@ class Informer:
         backoff = 0.2
         while not self.stop.is_set():
             try:
-                if not rv:
+                if not rv and not self.watch_list:
                     items, rv = self.client.list_all(self.resource.path)
                     for o in items:
                         _strip(o)
-                    self.relists += 1
-                    self.out.put((self.resource.kind, SYNC, items))
-                    self.synced.set()
+                    self._sync(items)
                 rv = self._watch(rv)
                 backoff = 0.2
             except ApiError as e:
                 if e.status == 410:  # our resourceVersion was compacted away: start over from a list
                     log.info("%s: watch expired (410 Gone), relisting", self.resource.kind)
                     rv = ""
+                    continue
+                if e.status in (400, 422) and not rv and self.watch_list:
+                    log.info("%s: the API server refuses watch-list streams (%s); listing page by page",
+                             self.resource.kind, e)
+                    self.watch_list = False
                     continue
                 if e.status in (403, 404) and self.resource.optional:
                     # absent (404), or not granted to us (403: an RBAC from before the API): nothing to schedule by,
@@ -94,20 +106,42 @@ class Informer:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
+    def _sync(self, items: list[dict]) -> None:
+        self.relists += 1
+        self.out.put((self.resource.kind, SYNC, items))
+        self.synced.set()
+
     def _watch(self, rv: str) -> str:
-        for event in self.client.watch(self.resource.path, rv, self.watch_timeout):
+        """Watch from `rv`; from none, a watch-list stream whose initial objects are delivered as one SYNC.
+        The resourceVersion to go on from (empty: list again)."""
+        initial: list[dict] | None = None
+        query = None
+        if not rv:
+            initial, query = [], {"sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan"}
+        for event in self.client.watch(self.resource.path, rv, self.watch_timeout, query=query):
             if self.stop.is_set():
                 break
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 code = obj.get("code", 0)
                 raise ApiError(code, obj.get("reason", ""), obj.get("message", ""))
-            new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-            if new_rv:
-                rv = new_rv
+            meta = obj.get("metadata") or {}
+            if meta.get("resourceVersion"):
+                rv = meta["resourceVersion"]
+            if initial is not None:  # still the initial objects
+                if kind == "BOOKMARK" and (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                    self._sync(initial)
+                    initial = None
+                elif kind == "ADDED":
+                    initial.append(_strip(obj))
+                continue
             if kind != "BOOKMARK":
                 self.out.put((self.resource.kind, kind, _strip(obj)))
-        return rv
+        if initial is not None and not self.stop.is_set():  # cut before its initial objects ended
+            log.warning("%s: a watch-list stream ended before its initial objects did; listing page by page",
+                        self.resource.kind)
+            self.watch_list = False
+        return "" if initial is not None else rv
 
 
 def _strip(obj: dict) -> dict:

@@ -236,7 +236,7 @@ def test_watch_expiry_is_survived(cluster: Cluster, devcluster):
     expired = {"done": False}
 
     def watch(path: str, rv: str, timeout_seconds: int = 300, query=None):
-        if not expired["done"]:
+        if rv and not expired["done"]:  # the first watch resumed from our resourceVersion
             expired["done"] = True
             yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
                                                "message": f"too old resource version: {rv}"}}
@@ -312,6 +312,54 @@ def _binding_refused(cluster: Cluster, name: str) -> bool:
     except ApiError as e:
         return "bindings are paused" in e.message
     return False
+
+
+@pytest.mark.parametrize("server", ["streams", "refuses streams"])
+def test_the_informer_lists_by_a_watch_list_stream_or_page_by_page(cluster: Cluster, devcluster, server: str):
+    """The initial list is a watch-list stream (sendInitialEvents) from the API server's cache, its objects one
+    SYNC, the same stream then the watch; a server refusing such streams (422, the WatchList feature off) is
+    listed page by page instead, and nothing is missed either way."""
+    import queue
+    import threading
+
+    from gangsched.live.informer import PODS, SYNC, Informer
+
+    client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
+    for i in range(3):
+        cluster.pod(f"before-{i}", gpus=0)
+    real_watch, streams = client.watch, []
+
+    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None):
+        streams.append(dict(query or {}))
+        if server == "refuses streams" and (query or {}).get("sendInitialEvents"):
+            raise ApiError(422, "Invalid", "sendInitialEvents is forbidden for watch unless the WatchList "
+                                           "feature gate is enabled")
+        yield from real_watch(path, rv, timeout_seconds, query)
+
+    client.watch = watch  # type: ignore[method-assign]
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    informer = Informer(client, PODS, out, stop, watch_timeout=30).start()
+    try:
+        assert informer.synced.wait(20)
+        kind, typ, items = out.get(timeout=5)
+        assert (kind, typ) == ("pods", SYNC)
+        assert {f"before-{i}" for i in range(3)} <= {o["metadata"]["name"] for o in items}
+        assert informer.watch_list == (server == "streams") and informer.relists == 1
+        cluster.pod("after", gpus=0)
+        events: list[tuple] = []
+
+        def drain() -> bool:
+            while not out.empty():
+                events.append(out.get_nowait())
+            return any(t != SYNC and o["metadata"]["name"] == "after" for _, t, o in events)
+
+        wait_for(drain, 20, what="a pod created after the sync, watched")
+        assert all(t != SYNC for _, t, _ in events), "no second list"
+        if server == "streams":
+            assert len(streams) == 1, "the stream went on as the watch"
+    finally:
+        stop.set()
 
 
 def test_informers_drop_managed_fields(cluster: Cluster, devcluster):
