@@ -178,8 +178,10 @@ def deadlock(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     bound, at = run.settle(args.settle, args.timeout)
     per = {g: sum(1 for p in bound if p.startswith(f"{g}-")) for g in ("a", "b")}
     whole = sorted(per.values()) == [0, 4]
-    outcome = "one gang whole, the other waits" if whole else (
-        "deadlock: both partial" if all(0 < n < 4 for n in per.values()) else f"other: {per}")
+    partial = [n for n in per.values() if 0 < n < 4]
+    outcome = ("one gang whole, the other waits" if whole else "deadlock: both partial" if len(partial) == 2
+               else f"one gang whole, the other partial: {partial[0]} GPUs held, unusable" if 4 in per.values()
+               else f"other: {per}")
     return {"bound_a": per["a"], "bound_b": per["b"], "whole": whole, "outcome": outcome,
             "settled_s": round(at, 1)}
 
