@@ -544,7 +544,7 @@ def test_the_event_thread_plans_every_gang_soon_not_one_per_idle_tick():
     thread = threading.Thread(target=pump, args=(book.book, events, stop), kwargs={"tick": 5.0, "plan_for": 0.0})
     thread.start()
     try:
-        deadline = time.monotonic() + 2.0  # far below 4 idle ticks of 5 s
+        deadline = time.monotonic() + 4.0  # below one idle tick of 5 s: one gang per tick would take 15 s
         while len(book.reservations) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(book.reservations) == 4
