@@ -47,24 +47,17 @@ except ImportError:
 from gangsched.devcluster import DevCluster, DevClusterError  # noqa: E402
 from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
 from gangsched.devcluster.nodes import gpu_node_manifest  # noqa: E402
-from gangsched.jobs.manifests import native_podgroup  # noqa: E402
 from gangsched.live.kube import ApiError, KubeClient  # noqa: E402
 from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
 from gangsched.sim.report import load_average, table, write_json  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from live_throughput import NATIVE_PG_API, PG_API, podgroup_manifest  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "gang_cases.json"
 SCHEDULERS = ("gangsched", "kube-scheduler", "coscheduler", "kube-scheduler-gangs")
 CASES = ("deadlock", "hoarding", "busy")
 LABEL = "gangsched.io/case"
-PLUGINS_API = "/apis/scheduling.x-k8s.io/v1alpha1"
-NATIVE_API = "/apis/scheduling.k8s.io/v1beta1"
-
-
-def podgroup(name: str, size: int, native: bool) -> dict[str, Any]:
-    if native:
-        return native_podgroup(name, None, size)
-    return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": name},
-            "spec": {"minMember": size}}
 
 
 def pod(name: str, scheduler: str, ns: str, group: str | None, native: bool) -> dict[str, Any]:
@@ -112,8 +105,8 @@ class Run:
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
     def group(self, name: str, size: int) -> None:
-        api = NATIVE_API if self.native else PLUGINS_API
-        self.c.request("POST", f"{api}/namespaces/{self.ns}/podgroups", podgroup(name, size, self.native))
+        api = NATIVE_PG_API if self.native else PG_API
+        self.c.request("POST", f"{api}/namespaces/{self.ns}/podgroups", podgroup_manifest(name, size, self.native))
 
     def pods(self, names: list[tuple[str, str | None]]) -> None:
         for name, group in names:

@@ -100,9 +100,11 @@ from gangsched.devcluster import DevCluster, DevClusterError, ProcessHandle, del
 from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
 from gangsched.devcluster.nodes import GPU_RESOURCE, gpu_node_manifest  # noqa: E402
 from gangsched.extender.process import ExtenderError, ExtenderProcess  # noqa: E402
+from gangsched.jobs.manifests import native_podgroup  # noqa: E402
 from gangsched.live.binder import Binder, BindRequest  # noqa: E402
 from gangsched.live.kube import ApiError, KubeClient, now_rfc3339  # noqa: E402
-from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
+from gangsched.live.podgroups import PODGROUP_API  # noqa: E402
+from gangsched.live.translate import NATIVE_PODGROUP_API, POD_GROUP_LABEL  # noqa: E402
 from gangsched.sim.report import cpus, load_average, table, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -110,7 +112,7 @@ DEFAULT_OUT = RESULTS / "live_throughput.json"
 PROFILE_OUT = RESULTS / "live_profile.txt"
 DEPLOY = ROOT / "deploy"
 BENCH_LABEL = "gangsched.io/bench"
-PG_API = "/apis/scheduling.x-k8s.io/v1alpha1"
+PG_API = f"/apis/{PODGROUP_API}"
 GANG = 8
 BIG_GANG = 64
 FILL = 0.9  # at most this fraction of the cluster's GPUs is asked for: every workload fits whole
@@ -119,7 +121,7 @@ SCHEDULERS = ("gangsched", "kube-scheduler", "kube-scheduler-qps", "coscheduler"
 OPTIONAL = ("gangsched-baseline", "extender", "kube-scheduler-all")  # an older gangsched (--baseline); extender
 PEERS_AT_EQUAL_QPS = ("kube-scheduler-qps", "coscheduler", "kube-scheduler-gangs")
 NATIVE = ("kube-scheduler-gangs",)  # served native PodGroups (scheduling.k8s.io/v1beta1) rather than the CRD's
-NATIVE_PG_API = "/apis/scheduling.k8s.io/v1beta1"
+NATIVE_PG_API = f"/apis/{NATIVE_PODGROUP_API}"
 WORKLOADS = ("single", "gang8", "gang64", "mix")
 GANG_WORKLOADS = ("gang8", "gang64", "mix")
 CEILINGS = ("ceiling", "ceiling-go")  # processes that bind and exit
@@ -150,9 +152,8 @@ def pod_manifest(name: str, scheduler_name: str, run: str, group: str | None, na
 
 def podgroup_manifest(name: str, min_member: int = GANG, native: bool = False) -> dict[str, Any]:
     if native:
-        return {"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup", "metadata": {"name": name},
-                "spec": {"schedulingPolicy": {"gang": {"minCount": min_member}}}}
-    return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup", "metadata": {"name": name},
+        return native_podgroup(name, None, min_member)
+    return {"apiVersion": PODGROUP_API, "kind": "PodGroup", "metadata": {"name": name},
             "spec": {"minMember": min_member}}
 
 

@@ -21,6 +21,8 @@ from itertools import zip_longest
 from pathlib import Path
 
 from gangsched.live.kube import ApiError, KubeClient
+from gangsched.live.podgroups import PODGROUP_API
+from gangsched.live.translate import NATIVE_PODGROUP_API
 
 PROCESS_NODE_LABEL = "gangsched.io/process-node"
 EXTENDER_PROFILE = "gangsched-extender"  # the kube-scheduler profile that calls the extender in --mode extender
@@ -28,8 +30,7 @@ LABELS = {"gangsched": "gangsched", "extender": "kube-scheduler + gangsched exte
           "kube-scheduler": "kube-scheduler", "kube-scheduler-gangs": "kube-scheduler native gangs"}
 PEERS = ("kube-scheduler", "kube-scheduler-gangs")  # the schedulers gangsched is compared with, in this order
 PEER_PROFILES = {"kube-scheduler": "default-scheduler", "kube-scheduler-gangs": "native-gangs"}
-PODGROUP_PATHS = ("/apis/scheduling.x-k8s.io/v1alpha1/namespaces/{ns}/podgroups",  # scheduler-plugins'
-                  "/apis/scheduling.k8s.io/v1beta1/namespaces/{ns}/podgroups")  # Kubernetes' own
+PODGROUP_APIS = (PODGROUP_API, NATIVE_PODGROUP_API)  # scheduler-plugins', Kubernetes' own
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -167,7 +168,8 @@ def _update(times: PodTimes, pod: dict, now: float, on_change: Callable[[str, Po
 
 def delete_all(client: KubeClient, namespace: str, timeout: float = 60.0) -> None:
     """Delete the namespace's pods (the node agent stops their processes) and PodGroups, and wait."""
-    for path in (f"/api/v1/namespaces/{namespace}/pods", *(p.format(ns=namespace) for p in PODGROUP_PATHS)):
+    for path in (f"/api/v1/namespaces/{namespace}/pods",
+                 *(f"/apis/{api}/namespaces/{namespace}/podgroups" for api in PODGROUP_APIS)):
         try:
             client.request("DELETE", path)
         except ApiError as e:

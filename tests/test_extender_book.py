@@ -285,6 +285,9 @@ class _Evictions:
     def nominate(self, pod: dict, node: str) -> None:
         pass
 
+    def disrupt(self, group: dict, message: str) -> None:
+        pass
+
 
 class _NoEvents:
     def record(self, *args, **kwargs) -> None:

@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from gangsched.devcluster.procnode import PROCESS_NODE_LABEL
+from gangsched.live.podgroups import PODGROUP_API
+from gangsched.live.translate import NATIVE_PODGROUP_API, POD_GROUP_LABEL
 
-PODGROUP_API = "scheduling.x-k8s.io/v1alpha1"
-NATIVE_PODGROUP_API = "scheduling.k8s.io/v1beta1"  # Kubernetes' own (Workload API, beta in 1.37)
-POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
 GPU = "nvidia.com/gpu"
 TF_IMAGE = "tensorflow/tensorflow:2.21.0"
 TORCH_IMAGE = "pytorch/pytorch:2.13.0"

@@ -47,9 +47,9 @@ PDBS = Resource("pdbs", "/apis/policy/v1/poddisruptionbudgets")  # preemption's 
 
 class Informer:
     def __init__(self, client: KubeClient, resource: Resource, out: queue.Queue, stop: threading.Event,
-                 watch_timeout: int = 300, watch_list: bool = True):
+                 watch_timeout: int = 300):
         self.client = client
-        self.watch_list = watch_list  # list by a watch-list stream (else paginated); off once a server refuses it
+        self.watch_list = True  # list by a watch-list stream (else page by page): off once a server refuses it
         self.resource = resource
         self.out = out
         self.stop = stop

@@ -10,12 +10,13 @@ from typing import Any
 
 from gangsched.live.kube import ApiError, KubeClient, now_rfc3339
 from gangsched.live.ports import StatusSink
+from gangsched.live.translate import NATIVE_PODGROUP_API
 from gangsched.model import PodGroup
 
 log = logging.getLogger(__name__)
 
 PODGROUP_API = "scheduling.x-k8s.io/v1alpha1"
-NATIVE_API = "scheduling.k8s.io/v1beta1"
+NATIVE_API = NATIVE_PODGROUP_API
 SCHEDULED = "PodGroupInitiallyScheduled"  # kube-scheduler's condition: True once, and never back
 
 
