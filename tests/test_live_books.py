@@ -476,3 +476,72 @@ def test_pods_of_one_shape_are_translated_once_and_errors_name_their_own_pod() -
     for name in ("bad1", "bad2"):
         live.put("pods", pod(name, gpus=1, cpu="lots"))
     assert "bad1" in pods["default/bad1"].error and "bad2" in pods["default/bad2"].error
+
+
+# ---- lists arrive in parts -------------------------------------------------------------------------------------------
+class Streaming:
+    """A client whose watch-list stream sends `items` as ADDED events, then the end bookmark (or is cut)."""
+
+    def __init__(self, items: list[dict], cut: bool = False):
+        self.items, self.cut, self.calls = items, cut, 0
+
+    def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None):
+        self.calls += 1
+        for i, o in enumerate(self.items):
+            yield {"type": "ADDED", "object": {**o, "metadata": {**o["metadata"], "resourceVersion": str(i + 1)}}}
+        if self.cut:
+            raise ApiError(0, "ConnectionError", "connection reset by peer")
+        yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9", "annotations": {
+            "k8s.io/initial-events-end": "true"}}}}
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_streamed_list_is_handed_over_in_parts_and_a_cut_one_is_called_off(cut: bool) -> None:
+    import queue
+    import threading
+
+    from gangsched.live.informer import PART, PODS, SYNC, SYNC_ABORT, SYNC_PART, Informer
+
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    client = Streaming([pod(f"p{i}") for i in range(2 * PART + 7)], cut=cut)
+    informer = Informer(client, PODS, out, stop)  # type: ignore[arg-type]
+    if cut:
+        with pytest.raises(ApiError):
+            informer._watch("")
+    else:
+        assert informer._watch("") == "9"
+    got = [out.get_nowait() for _ in range(out.qsize())]
+    assert [(t, len(o or ())) for _, t, o in got] == (
+        [(SYNC_PART, PART), (SYNC_PART, PART), (SYNC_ABORT, 0)] if cut else
+        [(SYNC_PART, PART), (SYNC_PART, PART), (SYNC, 7)])
+    assert informer.synced.is_set() != cut
+
+
+def test_pods_of_a_list_in_parts_are_accounted_as_they_come_and_the_end_drops_the_rest() -> None:
+    from gangsched.live.informer import SYNC, SYNC_ABORT, SYNC_PART
+
+    live = Live()
+    live.put("nodes", node("n0", gpus=4))
+    live.put("pods", pod("gone", gpus=1, node_name="n0", phase="Running"))  # deleted while we were not watching
+    live.sched.handle("pods", SYNC_PART, [pod("a", gpus=1, node_name="n0", devices="0", phase="Running")])
+    assert live.held()["default/a"] == ("n0", (0,))  # at once, not at the first cycle
+    vanished = pod("vanished", gpus=1, node_name="n0", phase="Running")
+    live.sched.handle("pods", SYNC_PART, [vanished, {"metadata": {}}])  # one unreadable object: skipped alone
+    assert "default/vanished" in live.held() and live.cache.stats["objects_skipped"] == 1
+    live.sched.handle("pods", SYNC_ABORT, None)  # the list was cut; the next one does not hold `vanished`
+    live.sched.handle("pods", SYNC_PART, [pod("a", gpus=1, node_name="n0", devices="0", phase="Running")])
+    live.sched.handle("pods", SYNC, [pod("b", gpus=1, node_name="n0", devices="1", phase="Running")])
+    assert live.held() == {"default/a": ("n0", (0,)), "default/b": ("n0", (1,))}
+    assert set(live.cache.pods) == {"default/a", "default/b"}
+
+
+def test_small_kinds_listed_in_parts_are_applied_whole_at_the_end() -> None:
+    from gangsched.live.informer import SYNC, SYNC_PART
+
+    live = Live()
+    live.put("nodes", node("old", gpus=1))
+    live.sched.handle("nodes", SYNC_PART, [node("n0", gpus=1)])
+    assert set(live.cache.nodes) == {"old"}  # not yet: the list might still hold `old`
+    live.sched.handle("nodes", SYNC, [node("n1", gpus=1)])
+    assert set(live.cache.nodes) == {"n0", "n1"}

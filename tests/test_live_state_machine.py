@@ -39,7 +39,7 @@ from livekit import T0, Live, node, pod, podgroup, rebuilt, stamp
 
 from gangsched.live.binder import BIND, BindOutcome, BindRequest, binding_body
 from gangsched.live.cache import TERMINAL, Gang
-from gangsched.live.informer import SYNC
+from gangsched.live.informer import SYNC, SYNC_ABORT, SYNC_PART
 from gangsched.live.kube import ApiError
 from gangsched.live.translate import GPU_DEVICES_ANNOTATION, POD_GROUP_LABEL
 from gangsched.model import MILLI_PER_GPU
@@ -334,9 +334,10 @@ class LiveBooks(RuleBasedStateMachine):
         note(f"{self.steps}: the {kind} watch misses events")
         self.broken.add(kind)
 
-    @rule(kind=st.sampled_from((*KINDS, "all")))
-    def relist(self, kind: str) -> None:
-        note(f"{self.steps}: relist {kind}")
+    @rule(kind=st.sampled_from((*KINDS, "all")), parts=st.integers(1, 3), cut=st.integers(0, 2))
+    def relist(self, kind: str, parts: int, cut: int) -> None:
+        """The list comes as `parts` pieces (SYNC_PARTs, then a SYNC), after a list cut `cut` pieces in."""
+        note(f"{self.steps}: relist {kind} in {parts} parts" + (f", after one cut {cut} parts in" if cut else ""))
         for k in KINDS if kind == "all" else (kind,):
             self.broken.discard(k)
             items = self.objs(self.api, k)
@@ -346,7 +347,16 @@ class LiveBooks(RuleBasedStateMachine):
             if k == "podgroups":
                 for o in items:
                     self.shown_group(o)
-            self.live.sched.handle(k, SYNC, items)
+            pieces = [items[i::parts] for i in range(parts)]
+            if cut:
+                for piece in pieces[:cut]:
+                    self.live.sched.handle(k, SYNC_PART, piece)
+                self.live.sched.handle(k, SYNC_ABORT, None)
+            for piece in pieces[:-1]:
+                self.live.sched.handle(k, SYNC_PART, piece)
+            self.live.sched.handle(k, SYNC, pieces[-1])
+            if k == "pods":  # a pod list is accounted on the newest nodes
+                self.refreshed_nodes = self.objs(self.seen, "nodes")
 
     # ---- the scheduler -----------------------------------------------------------------------------------------------
     @rule(advance=st.sampled_from(ADVANCE))

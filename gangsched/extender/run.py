@@ -23,6 +23,7 @@ from typing import Any
 from gangsched.core import Scheduler
 from gangsched.extender.reservations import Book
 from gangsched.extender.server import Extender, serve
+from gangsched.live import collector
 from gangsched.live import informer as inf
 from gangsched.live.binder import BindRequest, binding_body
 from gangsched.live.cache import Cache
@@ -229,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(scheduler_config(args.scheduler_name, args.print_config), sort_keys=False), end="")
         return 0
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    collector.pace()
     for flag in ("tls_cert", "tls_key", "client_ca"):
         path = getattr(args, flag)
         if path and not Path(path).is_file():
@@ -249,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
 
     def synced() -> bool:
         return all(i.synced.is_set() for i in informers) and pumper.is_alive()
+
+    collector.freeze_when(lambda: synced() and events.empty(), stop)
 
     ext = Extender(book, request_timeout=args.request_timeout, ready=synced)
     server = serve(ext, args.address, args.port, prefix=args.url_prefix, tls_cert=args.tls_cert,

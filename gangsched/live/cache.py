@@ -148,16 +148,25 @@ class Cache:
         self.node_epoch = 0  # bumped when the node set or a node changes
         self.shapes: Counter[Demand] = Counter()  # demands of pods held or waiting: FGD's workload
         self._demand_memo: dict[bytes, tuple[Demand, Demand]] = {}  # see _demands
+        self._parts: dict[str, list[dict]] = {}  # kind -> objects of its list so far (see apply)
+        self._listed: set[str] = set()  # keys of the pods the list under way has applied
         self.stats: Counter[str] = Counter()
 
     # ---- events --------------------------------------------------------------------------------------------
     def apply(self, kind: str, typ: str, obj) -> None:
+        if typ == inf.SYNC_ABORT:  # what the cut list delivered stays; the next list's SYNC settles the rest
+            self._parts.pop(kind, None)
+            if kind == "pods":
+                self._listed = set()
+            return
+        if kind != "pods" and typ in (inf.SYNC_PART, inf.SYNC):  # small lists: applied whole at their end
+            if typ == inf.SYNC_PART:
+                self._parts.setdefault(kind, []).extend(obj)
+                return
+            obj = self._parts.pop(kind, []) + list(obj)
         if kind == "pods":
-            if typ == inf.SYNC:
-                # pods naming their GPUs first, so a guess never takes a device another pod really holds
-                seen = {self.upsert_pod(o) for o in sorted(obj, key=lambda o: gpu_devices(o) is None)}
-                for key in [k for k in self.pods if k not in seen]:
-                    self.delete_pod(key)
+            if typ in (inf.SYNC_PART, inf.SYNC):
+                self._list_pods(obj, done=typ == inf.SYNC)
             elif typ == "DELETED":
                 self.delete_pod(_key(obj))
             else:
@@ -172,6 +181,24 @@ class Cache:
             self._classes_event(typ, obj)
         elif kind == "pdbs":
             self.budgets.apply(typ, obj)
+
+    def _list_pods(self, items: list[dict], done: bool) -> None:
+        """Some of a pod list (SYNC_PART), or its end (SYNC): each pod is applied as it comes, on the newest
+        nodes (else all would wait as unplaced for the first cycle to account them); at the end, pods the
+        list did not hold are deleted. One unreadable object is skipped, not the rest of the list."""
+        self.refresh_nodes()
+        seen = self._listed
+        # pods naming their GPUs first, so a guess never takes a device another pod really holds
+        for o in sorted(items, key=lambda o: gpu_devices(o) is None):
+            try:
+                seen.add(self.upsert_pod(o))
+            except Exception:
+                self.stats["objects_skipped"] += 1
+                log.exception("pod object not applied: %.200s", o)
+        if done:
+            self._listed = set()
+            for key in [k for k in self.pods if k not in seen]:
+                self.delete_pod(key)
 
     def _nodes_event(self, typ: str, obj) -> None:
         items = obj if typ == inf.SYNC else [obj]

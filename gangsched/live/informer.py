@@ -1,8 +1,11 @@
 """List+watch of one resource into the scheduler's event queue (client-go's reflector, trimmed).
 
 Every change reaches one queue that a single scheduler thread drains, so the cache needs no locks. A
-relist (at start, after 410 Gone, or after an error that lost our place) is delivered as one SYNC event
-with the full item list, so the cache can also drop objects deleted while we were not watching.
+relist (at start, after 410 Gone, or after an error that lost our place) is delivered as SYNC_PART events
+of up to PART objects each as they arrive, then one SYNC with the rest: the cache fills its books while
+the list is still streaming (at 100,000 pods, seconds the scheduler thread would otherwise wait), and at
+the SYNC drops objects deleted while we were not watching. A list cut short ends in SYNC_ABORT: what it
+delivered stays, and the next list's SYNC settles the rest.
 
 The list is a watch-list stream (KEP-3157, `sendInitialEvents`, as client-go's WatchListClient): the API
 server sends every object from its watch cache as an ADDED event, then a bookmark marked
@@ -25,7 +28,10 @@ from gangsched.live.kube import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
 
-SYNC = "SYNC"
+SYNC = "SYNC"  # the last of a list's objects: the list is complete
+SYNC_PART = "SYNC_PART"  # some of a list's objects, more follow
+SYNC_ABORT = "SYNC_ABORT"  # the list begun by SYNC_PARTs was cut: the next list starts afresh
+PART = 1000  # objects per SYNC_PART
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # the bookmark that ends a watch-list stream's initial objects
 
 
@@ -112,31 +118,39 @@ class Informer:
         self.synced.set()
 
     def _watch(self, rv: str) -> str:
-        """Watch from `rv`; from none, a watch-list stream whose initial objects are delivered as one SYNC.
-        The resourceVersion to go on from (empty: list again)."""
+        """Watch from `rv`; from none, a watch-list stream whose initial objects are delivered as SYNC_PARTs
+        and a SYNC. The resourceVersion to go on from (empty: list again)."""
         initial: list[dict] | None = None
+        parted = False  # SYNC_PARTs of this list are out: a cut list must be called off
         query = None
         if not rv:
             initial, query = [], {"sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan"}
-        for event in self.client.watch(self.resource.path, rv, self.watch_timeout, query=query):
-            if self.stop.is_set():
-                break
-            kind, obj = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                code = obj.get("code", 0)
-                raise ApiError(code, obj.get("reason", ""), obj.get("message", ""))
-            meta = obj.get("metadata") or {}
-            if meta.get("resourceVersion"):
-                rv = meta["resourceVersion"]
-            if initial is not None:  # still the initial objects
-                if kind == "BOOKMARK" and (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
-                    self._sync(initial)
-                    initial = None
-                elif kind == "ADDED":
-                    initial.append(_strip(obj))
-                continue
-            if kind != "BOOKMARK":
-                self.out.put((self.resource.kind, kind, _strip(obj)))
+        try:
+            for event in self.client.watch(self.resource.path, rv, self.watch_timeout, query=query):
+                if self.stop.is_set():
+                    break
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    code = obj.get("code", 0)
+                    raise ApiError(code, obj.get("reason", ""), obj.get("message", ""))
+                meta = obj.get("metadata") or {}
+                if meta.get("resourceVersion"):
+                    rv = meta["resourceVersion"]
+                if initial is not None:  # still the initial objects
+                    if kind == "BOOKMARK" and (meta.get("annotations") or {}).get(INITIAL_EVENTS_END) == "true":
+                        self._sync(initial)
+                        initial = None
+                    elif kind == "ADDED":
+                        initial.append(_strip(obj))
+                        if len(initial) >= PART:
+                            self.out.put((self.resource.kind, SYNC_PART, initial))
+                            initial, parted = [], True
+                    continue
+                if kind != "BOOKMARK":
+                    self.out.put((self.resource.kind, kind, _strip(obj)))
+        finally:
+            if initial is not None and parted:
+                self.out.put((self.resource.kind, SYNC_ABORT, None))
         if initial is not None and not self.stop.is_set():  # cut before its initial objects ended
             log.warning("%s: a watch-list stream ended before its initial objects did; listing page by page",
                         self.resource.kind)

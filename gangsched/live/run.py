@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gangsched.core import Scheduler
+from gangsched.live import collector
 from gangsched.live import informer as inf
 from gangsched.live.binder import Binder
 from gangsched.live.cache import Cache
@@ -98,6 +99,7 @@ class NoEvents:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    collector.pace()
     profile = load_profile(args.profile)
     client = KubeClient.load(args.kubeconfig, qps=args.qps, burst=args.burst, pool_size=args.bind_workers + 8)
     sched = build(client, profile, scheduler_name=args.scheduler_name, bind_workers=args.bind_workers,
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("profile %s; %s", profile.name, "standby until leading" if leading else
              f"scheduling pods with schedulerName={args.scheduler_name}")
     sched.start()  # informers first, leader or not: a standby keeps its books and takes over at once
+    collector.freeze_when(lambda: sched.filled, sched.stop)
     sched.run(leading)
     if campaign is not None:
         campaign.join()  # stop is set: it returns within a retry period

@@ -87,6 +87,11 @@ class LiveScheduler:
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self.informers)
 
+    @property
+    def filled(self) -> bool:
+        """The informers synced and their lists applied: the books are whole (they may lag the watch)."""
+        return self._synced_at > 0
+
     def run(self, leading: threading.Event | None = None) -> None:
         """The loop. With `leading`, a standby until it is set: the informers run and the books are kept (so a
         replica taking over schedules at once), but nothing is scheduled."""

@@ -261,9 +261,16 @@ def test_watch_expiry_is_survived(cluster: Cluster, devcluster):
 def _drain_names(out, seen: list[str]) -> bool:
     while not out.empty():
         _kind, typ, obj = out.get_nowait()
-        for o in obj if typ == "SYNC" else [obj]:
+        for o in listed(typ, obj):
             seen.append(o["metadata"]["name"])
     return True
+
+
+def listed(typ: str, obj) -> list[dict]:
+    """The objects an informer event carries: a list's parts carry several, its abort none."""
+    from gangsched.live.informer import SYNC, SYNC_ABORT, SYNC_PART
+
+    return obj if typ in (SYNC, SYNC_PART) else [] if typ == SYNC_ABORT else [obj]
 
 
 def test_refused_bindings_are_retried_and_the_gang_ends_whole(cluster: Cluster, start_scheduler):
@@ -322,7 +329,7 @@ def test_the_informer_lists_by_a_watch_list_stream_or_page_by_page(cluster: Clus
     import queue
     import threading
 
-    from gangsched.live.informer import PODS, SYNC, Informer
+    from gangsched.live.informer import PODS, SYNC, SYNC_PART, Informer
 
     client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
     for i in range(3):
@@ -342,8 +349,11 @@ def test_the_informer_lists_by_a_watch_list_stream_or_page_by_page(cluster: Clus
     informer = Informer(client, PODS, out, stop, watch_timeout=30).start()
     try:
         assert informer.synced.wait(20)
-        kind, typ, items = out.get(timeout=5)
-        assert (kind, typ) == ("pods", SYNC)
+        items, typ = [], ""
+        while typ != SYNC:  # the list's parts, then its end
+            kind, typ, obj = out.get(timeout=5)
+            assert kind == "pods" and typ in (SYNC_PART, SYNC)
+            items += obj
         assert {f"before-{i}" for i in range(3)} <= {o["metadata"]["name"] for o in items}
         assert informer.watch_list == (server == "streams") and informer.relists == 1
         cluster.pod("after", gpus=0)
@@ -352,10 +362,10 @@ def test_the_informer_lists_by_a_watch_list_stream_or_page_by_page(cluster: Clus
         def drain() -> bool:
             while not out.empty():
                 events.append(out.get_nowait())
-            return any(t != SYNC and o["metadata"]["name"] == "after" for _, t, o in events)
+            return any(t not in (SYNC, SYNC_PART) and o["metadata"]["name"] == "after" for _, t, o in events)
 
         wait_for(drain, 20, what="a pod created after the sync, watched")
-        assert all(t != SYNC for _, t, _ in events), "no second list"
+        assert all(t not in (SYNC, SYNC_PART) for _, t, _ in events), "no second list"
         if server == "streams":
             assert len(streams) == 1, "the stream went on as the watch"
     finally:
@@ -368,7 +378,7 @@ def test_informers_drop_managed_fields(cluster: Cluster, devcluster):
     import queue
     import threading
 
-    from gangsched.live.informer import PODS, SYNC, Informer
+    from gangsched.live.informer import PODS, Informer
 
     cluster.pod("listed", gpus=0)
     assert cluster.pods("listed")[0]["metadata"].get("managedFields")
@@ -381,7 +391,7 @@ def test_informers_drop_managed_fields(cluster: Cluster, devcluster):
         def drain() -> bool:
             while not out.empty():
                 _, typ, obj = out.get()
-                for o in obj if typ == SYNC else [obj]:
+                for o in listed(typ, obj):
                     seen[o["metadata"]["name"]] = o
             return {"listed", "watched"} <= set(seen)
 
