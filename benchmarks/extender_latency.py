@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/extender_latency.py                      # 1,000 and 5,000 nodes
     .venv/bin/python benchmarks/extender_latency.py --nodes 200 --gangs 6  # quick
 
-The real server (`extender.server.serve`) over a real `Book` with `--nodes` nodes of 8 GPUs (no API server:
-informer events are applied directly and bindings go to a function that accepts them, then the pod is applied
-as bound, as the watch would show it). kube-scheduler's side is a keep-alive HTTP client sending what
-HTTPExtender sends with `nodeCacheCapable: true`: every node name in each filter/prioritize call.
+The real server (`extender.server.serve`) over a real `Book` with `--nodes` nodes of 8 GPUs, in a process of
+its own as `gangsched extender` is (no API server: the benchmark sends it the informer events over a pipe,
+bindings go to a function that accepts them, then the pod is applied as bound, as the watch would show it).
+kube-scheduler's side, in this process, is a keep-alive HTTP client sending what HTTPExtender sends with
+`nodeCacheCapable: true`: every node name in each filter/prioritize call.
 
 Both modes in the same run, on the same book, alternating gang by gang: `ahead` (the default of `gangsched
 extender`: after the gang's events and tick, the planner, `Book.plan_step`, places it outside any HTTP call,
@@ -20,8 +21,10 @@ kube-scheduler's own binding POST, timed apart). Times are client round trips. P
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -84,52 +87,126 @@ class Client:
         return took, out
 
 
-def run(nodes: int, gangs: int, size: int) -> dict:
-    state = ClusterState([])
-    cache = Cache(state, SCHED)
-    profile = load_profile("default")
-    bound: list[dict] = []
+class Side:
+    """The extender's process: a real `Book` behind the real server, driven over a pipe by the benchmark (its
+    informer events, the planner's steps, what the watch shows). It runs apart from the client, as `gangsched
+    extender` runs apart from kube-scheduler, with the collector paced and frozen as `gangsched extender` does."""
 
-    def post(req):
-        bound.append({"namespace": req.namespace, "name": req.name, "node": req.node})
-        return None
+    def __init__(self, conn, nodes: int):
+        from gangsched.live import collector
 
-    book = Book(cache, Scheduler(state, profile), profile, post, bind_wait=30.0)
-    with book.lock:
-        book.apply("nodes", inf.SYNC, [node(i) for i in range(nodes)])
-        for kind in ("pods", "podgroups", "priorityclasses"):
-            book.apply(kind, inf.SYNC, [])
-        book.tick()
-    server = serve(Extender(book, request_timeout=30.0), "127.0.0.1", 0)
-    client = Client(server.server_address[1])
-    names = [f"node-{i:05d}" for i in range(nodes)]
-    times: dict[str, dict[str, list[float]]] = {m: {v: [] for v in (PLANNER, *VERBS)} for m in MODES}
-    times["filter"].pop(PLANNER)
-    lock = threading.Lock()
-    for g in range(gangs):
-        mode = MODES[g % 2]  # alternating: both modes see the same cluster, fill and machine load
-        book.plan_ahead = mode == "ahead"
-        t = times[mode]
-        gang = f"g{g:04d}"
-        gkey = GangKey("bench", gang, True)
-        members = [pod(gang, i) for i in range(size)]
+        collector.pace()
+        self.conn, self.bound = conn, []
+        state = ClusterState([])
+        cache = Cache(state, SCHED)
+        profile = load_profile("default")
+        self.book = book = Book(cache, Scheduler(state, profile), profile, self._post, bind_wait=30.0)
+        with book.lock:
+            book.apply("nodes", inf.SYNC, [node(i) for i in range(nodes)])
+            for kind in ("pods", "podgroups", "priorityclasses"):
+                book.apply(kind, inf.SYNC, [])
+            book.tick()
+        gc.freeze()  # the books filled (collector.freeze_when in `gangsched extender`)
+        self.server = serve(Extender(book, request_timeout=30.0), "127.0.0.1", 0)
+
+    def _post(self, req) -> None:
+        self.bound.append({"namespace": req.namespace, "name": req.name, "node": req.node})
+
+    def gang(self, gang: str, size: int, ahead: bool) -> tuple[bool, float | None]:
+        """The gang's PodGroup and members arrive; the planner steps as `run.pump` does, one gang per hold of
+        the lock. Whether it is reserved before any call, and the planner's time for it."""
+        book = self.book
+        book.plan_ahead = ahead
         with book.lock:
             book.apply("podgroups", "ADDED", {"metadata": {"name": gang, "namespace": "bench", "uid": gang},
                                               "spec": {"minMember": size}})
-            for m in members:
-                book.apply("pods", "ADDED", m)
+            for i in range(size):
+                book.apply("pods", "ADDED", pod(gang, i))
             book.tick()
-        while True:  # the event thread's planner steps (run.pump), one gang per hold of the lock
+        planner = None
+        while True:
             with book.lock:
                 start = time.perf_counter()
                 planned = book.stats["planned_ahead"]
                 more = book.plan_step()
                 took = time.perf_counter() - start
                 if book.stats["planned_ahead"] > planned:
-                    t[PLANNER].append(took)
+                    planner = took
             if not more:
                 break
-        assert (gkey in book.reservations) == (mode == "ahead"), (mode, gang)
+        return GangKey("bench", gang, True) in book.reservations, planner
+
+    def waiting(self, gang: str) -> int:
+        with self.book.lock:
+            return len(self.book.reservations[GangKey("bench", gang, True)].waiting)
+
+    def watched(self, gang: str, chosen: dict[str, str]) -> None:
+        """The watch shows the gang bound."""
+        with self.book.lock:
+            for i in range(len(chosen)):
+                m = pod(gang, i)
+                book_obj = dict(m, spec=dict(m["spec"], nodeName=chosen[m["metadata"]["name"]]),
+                                status={"phase": "Running"})
+                self.book.apply("pods", "MODIFIED", book_obj)
+            self.book.tick()
+
+    def totals(self) -> tuple[int, int, int]:
+        return len(self.bound), self.book.stats["gangs_planned"], self.book.stats["planned_ahead"]
+
+    def serve_pipe(self) -> None:
+        self.conn.send(self.server.server_address[1])
+        while True:
+            call = self.conn.recv()
+            if call is None:
+                self.server.shutdown()
+                return
+            name, args = call
+            self.conn.send(getattr(self, name)(*args))
+
+
+def _side(conn, nodes: int) -> None:
+    Side(conn, nodes).serve_pipe()
+
+
+class Remote:
+    """The benchmark's handle on the extender's process: a method call over the pipe."""
+
+    def __init__(self, nodes: int):
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of ours in its heap
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_side, args=(child, nodes), daemon=True)
+        self.proc.start()
+        self.port = self.conn.recv()
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        def call(*args):
+            with self.lock:
+                self.conn.send((name, args))
+                return self.conn.recv()
+        return call
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(30)
+
+
+def run(nodes: int, gangs: int, size: int) -> dict:
+    side = Remote(nodes)
+    client = Client(side.port)
+    names = [f"node-{i:05d}" for i in range(nodes)]
+    times: dict[str, dict[str, list[float]]] = {m: {v: [] for v in (PLANNER, *VERBS)} for m in MODES}
+    times["filter"].pop(PLANNER)
+    lock = threading.Lock()
+    for g in range(gangs):
+        mode = MODES[g % 2]  # alternating: both modes see the same cluster, fill and machine load
+        t = times[mode]
+        gang = f"g{g:04d}"
+        members = [pod(gang, i) for i in range(size)]
+        reserved, planner = side.gang(gang, size, mode == "ahead")
+        assert reserved == (mode == "ahead"), (mode, gang)
+        if planner is not None:
+            t[PLANNER].append(planner)
         chosen = {}
         for i, m in enumerate(members):
             took, out = client.call("filter", {"Pod": m, "Nodes": None, "NodeNames": names})
@@ -151,23 +228,16 @@ def run(nodes: int, gangs: int, size: int) -> dict:
                    for m in members[:-1]]
         for th in threads:
             th.start()
-        while True:  # every other member waits at the barrier: the last one's bind opens it
-            with book.lock:
-                if len(book.reservations[gkey].waiting) == size - 1:
-                    break
+        while side.waiting(gang) < size - 1:  # every other member waits at the barrier: the last one opens it
             time.sleep(0.0005)
         bind(members[-1], "bind, opens the barrier", t, chosen)
         for th in threads:
             th.join()
-        with book.lock:  # the watch shows them bound
-            for m in members:
-                obj = dict(m, spec=dict(m["spec"], nodeName=chosen[m["metadata"]["name"]]),
-                           status={"phase": "Running"})
-                book.apply("pods", "MODIFIED", obj)
-            book.tick()
-    server.shutdown()
-    assert len(bound) == gangs * size
-    assert book.stats["gangs_planned"] == gangs and book.stats["planned_ahead"] == (gangs + 1) // 2
+        side.watched(gang, chosen)
+    bound, planned, ahead = side.totals()
+    side.close()
+    assert bound == gangs * size
+    assert planned == gangs and ahead == (gangs + 1) // 2
     return {mode: {verb: {"calls": len(ts), "p50_ms": 1000 * statistics.median(ts),
                           "p99_ms": 1000 * _quantile(ts, 0.99), "max_ms": 1000 * max(ts)}
                    for verb, ts in verbs.items() if ts}

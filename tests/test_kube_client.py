@@ -173,3 +173,22 @@ def test_timeout_bounds_the_whole_request(server: Recorder):
         client.request("PUT", "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l", {}, timeout=0.3,
                        fenced=False)
     assert info.value.status == 0 and time.monotonic() - start < 1.5
+
+
+def test_managed_fields_are_cut_from_a_pod_s_json_and_the_rest_kept() -> None:
+    import orjson
+
+    from gangsched.live.kube import cut_managed_fields
+
+    pod = {"kind": "Pod", "apiVersion": "v1",
+           "metadata": {"name": "p", "labels": {"managedFields": "x"},
+                        "annotations": {"a": ',"managedFields":[ ]},"spec":{'},
+                        "ownerReferences": [{"kind": "Job", "name": "j"}], "finalizers": ["f"],
+                        "managedFields": [{"manager": "m", "fieldsV1": {"f:metadata": {"f:labels": {".": {}}},
+                                                                         "f:spec": {"k:{\"name\":\"c\"}": {}}}}]},
+           "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}}
+    line = orjson.dumps({"type": "ADDED", "object": pod}).decode()
+    lean = orjson.loads(cut_managed_fields(line))["object"]
+    assert lean == {**pod, "metadata": {k: v for k, v in pod["metadata"].items() if k != "managedFields"}}
+    no_spec = orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "x", "managedFields": []}}}).decode()
+    assert cut_managed_fields(no_spec) == no_spec  # no mark to end at: left whole

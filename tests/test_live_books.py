@@ -485,7 +485,7 @@ class Streaming:
     def __init__(self, items: list[dict], cut: bool = False):
         self.items, self.cut, self.calls = items, cut, 0
 
-    def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None):
+    def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None, lean: bool = False):
         self.calls += 1
         for i, o in enumerate(self.items):
             yield {"type": "ADDED", "object": {**o, "metadata": {**o["metadata"], "resourceVersion": str(i + 1)}}}

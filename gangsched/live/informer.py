@@ -40,10 +40,11 @@ class Resource:
     kind: str  # our short name: pods, nodes, podgroups, priorityclasses, pdbs
     path: str  # the collection's path, all namespaces
     optional: bool = False  # absent API (e.g. the PodGroup CRD not installed): wait for it, do not fail
+    builtin: bool = False  # a built-in kind, its JSON in struct order: managedFields cut before decoding
 
 
-PODS = Resource("pods", "/api/v1/pods")
-NODES = Resource("nodes", "/api/v1/nodes")
+PODS = Resource("pods", "/api/v1/pods", builtin=True)
+NODES = Resource("nodes", "/api/v1/nodes", builtin=True)
 PODGROUPS = Resource("podgroups", "/apis/scheduling.x-k8s.io/v1alpha1/podgroups", optional=True)
 # Kubernetes' own PodGroups (Workload API): served from 1.37 with the GenericWorkload gate and the API enabled.
 NATIVE_PODGROUPS = Resource("nativepodgroups", "/apis/scheduling.k8s.io/v1beta1/podgroups", optional=True)
@@ -126,7 +127,8 @@ class Informer:
         if not rv:
             initial, query = [], {"sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan"}
         try:
-            for event in self.client.watch(self.resource.path, rv, self.watch_timeout, query=query):
+            for event in self.client.watch(self.resource.path, rv, self.watch_timeout, query=query,
+                                           lean=self.resource.builtin):
                 if self.stop.is_set():
                     break
                 kind, obj = event.get("type"), event.get("object") or {}

@@ -235,13 +235,13 @@ def test_watch_expiry_is_survived(cluster: Cluster, devcluster):
     real_watch = client.watch
     expired = {"done": False}
 
-    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None):
+    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None, lean: bool = False):
         if rv and not expired["done"]:  # the first watch resumed from our resourceVersion
             expired["done"] = True
             yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
                                                "message": f"too old resource version: {rv}"}}
             return
-        yield from real_watch(path, rv, timeout_seconds, query)
+        yield from real_watch(path, rv, timeout_seconds, query, lean)
 
     client.watch = watch  # type: ignore[method-assign]
     out: queue.Queue = queue.Queue()
@@ -336,12 +336,12 @@ def test_the_informer_lists_by_a_watch_list_stream_or_page_by_page(cluster: Clus
         cluster.pod(f"before-{i}", gpus=0)
     real_watch, streams = client.watch, []
 
-    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None):
+    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None, lean: bool = False):
         streams.append(dict(query or {}))
         if server == "refuses streams" and (query or {}).get("sendInitialEvents"):
             raise ApiError(422, "Invalid", "sendInitialEvents is forbidden for watch unless the WatchList "
                                            "feature gate is enabled")
-        yield from real_watch(path, rv, timeout_seconds, query)
+        yield from real_watch(path, rv, timeout_seconds, query, lean)
 
     client.watch = watch  # type: ignore[method-assign]
     out: queue.Queue = queue.Queue()
@@ -401,3 +401,35 @@ def test_informers_drop_managed_fields(cluster: Cluster, devcluster):
         assert not any("managedFields" in seen[n]["metadata"] for n in ("listed", "watched"))
     finally:
         stop.set()
+
+
+def test_managed_fields_cut_before_decoding_leave_the_rest_whole(cluster: Cluster, devcluster):
+    """Pods and nodes as the API server writes them (owners, finalizers, and labels and annotations that spell
+    the marks the cut looks for) decode the same with their managedFields cut from the text as decoded whole
+    and stripped after."""
+    client = KubeClient.load(str(devcluster.kubeconfig), qps=0)
+    cluster.pod("tricky", gpus=0, scheduler="nobody")
+    meta = {"labels": {"managedFields": "x"},
+            "annotations": {"managedFields": ',"managedFields":[ ]},"spec":{', "a": '"spec":[]'},
+            "finalizers": ["gangsched.test/keep"],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": "u-1"}]}
+    client.request("PATCH", f"/api/v1/namespaces/{cluster.ns}/pods/tricky", {"metadata": meta},
+                   content_type="application/merge-patch+json")
+    node = cluster.add_nodes(1, gpus=1, kwok=False)[0]  # nobody updates it between the two reads
+    try:
+        for path, name in ((f"/api/v1/namespaces/{cluster.ns}/pods", "tricky"), ("/api/v1/nodes", node)):
+            query = {"sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
+                     "fieldSelector": f"metadata.name={name}"}
+            whole, lean = (_first_added(client.watch(path, "", 5, query=query, lean=cut)) for cut in (False, True))
+            assert whole["metadata"].pop("managedFields") and "managedFields" not in lean["metadata"]
+            assert lean == whole, path
+    finally:
+        client.request("PATCH", f"/api/v1/namespaces/{cluster.ns}/pods/tricky", {"metadata": {"finalizers": None}},
+                       content_type="application/merge-patch+json")
+
+
+def _first_added(events) -> dict:
+    try:
+        return next(e["object"] for e in events if e["type"] == "ADDED")
+    finally:
+        events.close()
