@@ -117,8 +117,8 @@ def filter_result(args: NodeArgs, verdict: FilterVerdict) -> dict:
 def priorities(names: list[str], scores: dict[str, int]) -> list[dict]:
     """HostPriorityList: the candidates with a score above 0 (clipped to 10). kube-scheduler adds the list's
     scores into its per-node totals, so a node left out scores 0: no need to send thousands of zeros."""
-    wanted = set(names)
-    return [{"Host": n, "Score": min(MAX_PRIORITY, int(s))} for n, s in scores.items() if s > 0 and n in wanted]
+    # scores name one node or a few: looked up in the list, not a set of thousands built per call
+    return [{"Host": n, "Score": min(MAX_PRIORITY, int(s))} for n, s in scores.items() if s > 0 and n in names]
 
 
 def bind_args(body: Any) -> BindArgs:
