@@ -217,16 +217,30 @@ def delete_objects(client: KubeClient, ns: str, timeout: float = 120.0) -> float
     gone. Returns the seconds it took."""
     t0 = time.monotonic()
     opts = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
-    client.request("DELETE", f"/api/v1/namespaces/{ns}/pods", opts, query={"gracePeriodSeconds": 0},
-                   timeout=timeout, limit=False)
+
+    def delete_pods() -> None:
+        try:
+            client.request("DELETE", f"/api/v1/namespaces/{ns}/pods", opts, query={"gracePeriodSeconds": 0},
+                           timeout=timeout, limit=False)
+        except ApiError as e:
+            # 10,000 pods can outlast the API server's own 60 s request timeout: it closes the connection and
+            # the deletion goes on; asked again below while pods are left
+            if e.status not in (0, 500, 503, 504):
+                raise
+
+    delete_pods()
     for api in (PG_API, NATIVE_PG_API):
         with contextlib.suppress(ApiError):  # the CRD (or the Workload API) may be missing
             client.request("DELETE", f"{api}/namespaces/{ns}/podgroups", opts, timeout=timeout, limit=False)
     deadline = time.monotonic() + timeout
+    asked = time.monotonic()
     while time.monotonic() < deadline:
         left = client.request("GET", f"/api/v1/namespaces/{ns}/pods", query={"limit": 1}, limit=False)
         if not left.get("items"):
             break
+        if time.monotonic() - asked > 30:
+            delete_pods()
+            asked = time.monotonic()
         time.sleep(0.5)
     else:
         print(f"  warning: pods of {ns} still present after {timeout:.0f} s", flush=True)

@@ -6,7 +6,7 @@ every full collection walks all that is alive. At 100,000 pods that was 40 % of 
 (benchmarks/README.md, "Restart at scale"). The books hold few reference cycles, and those short-lived ones
 (a request's, an exception's) wait a little longer: young collections every 50,000 new containers. Once the
 informers have synced and their lists are applied, what exists is frozen (`gc.freeze`): later collections,
-full ones too, skip it, so their pauses no longer grow with the cluster (the extender's p99 is such a pause).
+full ones too, skip it, so their pauses no longer grow with the cluster.
 Frozen objects are still freed as their last reference goes; only a cycle among them stays.
 """
 
