@@ -483,10 +483,9 @@ class Streaming:
     """A client whose watch-list stream sends `items` as ADDED events, then the end bookmark (or is cut)."""
 
     def __init__(self, items: list[dict], cut: bool = False):
-        self.items, self.cut, self.calls = items, cut, 0
+        self.items, self.cut = items, cut
 
     def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None, lean: bool = False):
-        self.calls += 1
         for i, o in enumerate(self.items):
             yield {"type": "ADDED", "object": {**o, "metadata": {**o["metadata"], "resourceVersion": str(i + 1)}}}
         if self.cut:
