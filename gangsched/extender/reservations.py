@@ -79,6 +79,7 @@ class Reservation:
     pods: set[str] = field(default_factory=set)  # members we placed (assumed in the cache), not bound yet
     waiting: dict[str, str] = field(default_factory=dict)  # members at the bind barrier -> their node
     open: bool = False  # the barrier opened: later members bind at once
+    held: bool = False  # ... by a call whose own Binding and reply go first: its mates wait for its release
     failed: str = ""  # dropped: the waiting binds return this
 
 
@@ -428,9 +429,15 @@ class Book:
         return victims
 
     # ---- bind ---------------------------------------------------------------------------------------------------
-    def bind(self, args: BindArgs) -> str | None:
-        """kube-scheduler's bind call: wait at the gang's barrier, then post the Binding. None, or the error."""
+    def bind(self, args: BindArgs, after_reply: Callable[[Callable[[], None]], None] | None = None) -> str | None:
+        """kube-scheduler's bind call: wait at the gang's barrier, then post the Binding. None, or the error.
+
+        The call that opens the barrier posts its own Binding first and releases its waiting mates only once it
+        returns, or, given `after_reply` (the HTTP handler's), hands the release over to be called once its reply
+        is sent: answering seven mates at once on one GIL would otherwise hold its answer up by milliseconds,
+        while they have waited for the gang anyway."""
         key = args.key
+        release: Callable[[], None] | None = None
         with self.lock:
             info = self.cache.pods.get(key)
             if info is None or (args.uid and info.obj["metadata"].get("uid") != args.uid):
@@ -444,9 +451,14 @@ class Book:
             if node != args.node:
                 return f"pod {key} is reserved on {node}, not {args.node}; it is scheduled again"
             res.waiting[key] = node
-            self.lock.notify_all()
+            if not res.open and self._barrier_open(res) and len(res.waiting) > 1:
+                res.held = True
+                release = self._releaser(res)
             deadline = time.monotonic() + self.bind_wait
-            while not res.failed and not self._barrier_open(res):
+            while not res.failed and not (release or (self._barrier_open(res) and not res.held)):
+                if res.held:  # open: the opener releases us whatever happens to its Binding
+                    self.lock.wait(0.5)
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.stats["barrier_timeouts"] += 1
@@ -460,7 +472,14 @@ class Book:
             a = self.cache.state.assignments[key]
             req = BindRequest(args.namespace, args.name, info.obj["metadata"].get("uid", ""), node, a.devices,
                               res.gang)
-        error = self._post(req)
+        try:
+            error = self._post(req)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        if release is not None:
+            (after_reply or _now)(release)
         with self.lock:
             self.posting.discard(key)
             if error is None or (error.status == 409 and "already assigned" in error.message):
@@ -471,6 +490,13 @@ class Book:
                 self.cache.forget(key)
             # otherwise the reservation stays: kube-scheduler schedules the pod again and finds it
             return f"binding {key} to {node} failed: {error}"
+
+    def _releaser(self, res: Reservation) -> Callable[[], None]:
+        def release() -> None:
+            with self.lock:
+                res.held = False
+                self.lock.notify_all()
+        return release
 
     def _barrier_open(self, res: Reservation) -> bool:
         if not res.open:
@@ -492,6 +518,10 @@ class Book:
                 return error
             time.sleep(min(0.2 * 2 ** attempt, 2.0))
         return error
+
+
+def _now(release: Callable[[], None]) -> None:
+    release()
 
 
 def _kept_to(terms: tuple, refused: list[str], offered: list[str]) -> tuple:

@@ -71,11 +71,13 @@ class Extender:
         self.book, self.request_timeout, self.ready = book, request_timeout, ready
         self.metrics = Metrics(book)
 
-    def handle(self, verb: str, body: Any, started: float | None = None) -> tuple[int, Any]:
-        """`started`: perf_counter() when the request began to be read (the body's decoding counts too)."""
+    def handle(self, verb: str, body: Any, started: float | None = None,
+               after_reply: Callable[[Callable[[], None]], None] | None = None) -> tuple[int, Any]:
+        """`started`: perf_counter() when the request began to be read (the body's decoding counts too).
+        `after_reply`: takes what must run once the reply is sent (see `Book.bind`); the caller runs it."""
         start = time.perf_counter() if started is None else started
         try:
-            code, out = self._handle(verb, body)
+            code, out = self._handle(verb, body, after_reply)
         except wire.ProtocolError as e:
             code, out = 400, f"{verb}: {e}"
         except Exception as e:  # one bad request must not take the server down
@@ -87,11 +89,12 @@ class Extender:
                 self.metrics.errors.labels(verb).inc()
         return code, out
 
-    def _handle(self, verb: str, body: Any) -> tuple[int, Any]:
+    def _handle(self, verb: str, body: Any, after_reply: Callable[[Callable[[], None]], None] | None
+                ) -> tuple[int, Any]:
         book, deadline = self.book, time.monotonic() + self.request_timeout
         if verb == "bind":
             args = wire.bind_args(body)
-            return 200, wire.bind_result(book.bind(args))
+            return 200, wire.bind_result(book.bind(args, after_reply))
         if verb == "filter":
             nargs = wire.node_args(body)
             return 200, wire.filter_result(nargs, self._locked(deadline, self._filter, nargs))
@@ -186,8 +189,13 @@ def serve(ext: Extender, host: str, port: int, *, prefix: str = "", tls_cert: st
             except (ValueError, OSError) as e:
                 self._send(400, f"request body is not JSON: {e}")
                 return
-            code, out = ext.handle(verb.strip("/"), body, started)
-            self._send(code, out)
+            after: list[Callable[[], None]] = []
+            try:
+                code, out = ext.handle(verb.strip("/"), body, started, after.append)
+                self._send(code, out)
+            finally:  # even if the reply could not be sent: a bind's waiting mates are released here
+                for f in after:
+                    f()
 
         def do_GET(self) -> None:
             if self.path == "/healthz":
