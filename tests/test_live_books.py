@@ -485,8 +485,7 @@ class Streaming:
     def __init__(self, items: list[dict], cut: bool = False):
         self.items, self.cut = items, cut
 
-    def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None, lean: bool = False,
-              pods_protobuf: bool = False):
+    def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None, lean: bool = False):
         for i, o in enumerate(self.items):
             yield {"type": "ADDED", "object": {**o, "metadata": {**o["metadata"], "resourceVersion": str(i + 1)}}}
         if self.cut:

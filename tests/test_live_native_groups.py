@@ -266,7 +266,7 @@ def test_a_native_podgroup_api_absent_or_forbidden_holds_nothing_up(status: int)
             raise ApiError(status, "Forbidden" if status == 403 else "NotFound", path)
 
         def watch(self, path: str, rv: str, timeout_seconds: int, query: dict | None = None,
-                  lean: bool = False, pods_protobuf: bool = False) -> Any:
+                  lean: bool = False) -> Any:
             raise ApiError(status, "Forbidden" if status == 403 else "NotFound", path)
 
     out: queue.Queue = queue.Queue()

@@ -24,7 +24,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from gangsched.live import podproto
 from gangsched.live.kube import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
@@ -42,10 +41,9 @@ class Resource:
     path: str  # the collection's path, all namespaces
     optional: bool = False  # absent API (e.g. the PodGroup CRD not installed): wait for it, do not fail
     builtin: bool = False  # a built-in kind, its JSON in struct order: managedFields cut before decoding
-    protobuf: bool = False  # watched as protobuf (`live.podproto`: pods only)
 
 
-PODS = Resource("pods", "/api/v1/pods", builtin=True, protobuf=True)
+PODS = Resource("pods", "/api/v1/pods", builtin=True)
 NODES = Resource("nodes", "/api/v1/nodes", builtin=True)
 PODGROUPS = Resource("podgroups", "/apis/scheduling.x-k8s.io/v1alpha1/podgroups", optional=True)
 # Kubernetes' own PodGroups (Workload API): served from 1.37 with the GenericWorkload gate and the API enabled.
@@ -59,7 +57,6 @@ class Informer:
                  watch_timeout: int = 300):
         self.client = client
         self.watch_list = True  # list by a watch-list stream (else page by page): off once a server refuses it
-        self.protobuf = resource.protobuf  # off for good once a stream is not the protobuf we read
         self.resource = resource
         self.out = out
         self.stop = stop
@@ -110,10 +107,6 @@ class Informer:
                     log.warning("%s: %s; retrying in %.1fs", self.resource.kind, e, backoff)
                 self.stop.wait(backoff * (1 + random.random() * 0.2))
                 backoff = min(backoff * 2, 10.0)
-            except podproto.FrameError as e:
-                log.warning("%s: %s; watching as JSON from now on", self.resource.kind, e)
-                self.protobuf = False
-                rv = ""
             except Exception:  # never let an informer die: a dead one would silently freeze the cache
                 log.exception("%s: informer error", self.resource.kind)
                 rv = ""
@@ -135,7 +128,7 @@ class Informer:
             initial, query = [], {"sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan"}
         try:
             for event in self.client.watch(self.resource.path, rv, self.watch_timeout, query=query,
-                                           lean=self.resource.builtin, pods_protobuf=self.protobuf):
+                                           lean=self.resource.builtin):
                 if self.stop.is_set():
                     break
                 kind, obj = event.get("type"), event.get("object") or {}

@@ -21,8 +21,6 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.watch.watch import iter_resp_lines
 
-from gangsched.live import podproto
-
 NOT_LEADER = "NotLeader"  # ApiError.reason of a write the fence stopped; never sent, so never retried
 WRITE_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # the ones that take ?fieldManager=
 
@@ -162,29 +160,19 @@ class KubeClient:
             q["continue"] = meta["continue"]
 
     def watch(self, path: str, resource_version: str, timeout_seconds: int = 300,
-              query: dict[str, Any] | None = None, lean: bool = False, pods_protobuf: bool = False
-              ) -> Iterator[dict]:
+              query: dict[str, Any] | None = None, lean: bool = False) -> Iterator[dict]:
         """Watch events as dicts {"type", "object"}; ends when the server closes the stream. `lean`: objects of
-        a built-in kind come without their managedFields, cut before decoding (see `cut_managed_fields`).
-        `pods_protobuf`: a pod watch asked for as protobuf and translated (`podproto`); read as JSON if the
-        server answers in JSON anyway."""
+        a built-in kind come without their managedFields, cut before decoding (see `cut_managed_fields`)."""
         q = dict(query or {}, watch="true", allowWatchBookmarks="true", resourceVersion=resource_version,
                  timeoutSeconds=timeout_seconds)
-        headers = self._headers()
-        if pods_protobuf:
-            headers["Accept"] = f"{podproto.ACCEPT_WATCH}, application/json"
         try:
-            resp = self.pool.request("GET", self.url(path, q), headers=headers, preload_content=False,
+            resp = self.pool.request("GET", self.url(path, q), headers=self._headers(), preload_content=False,
                                      timeout=urllib3.Timeout(connect=5.0, read=timeout_seconds + 30), retries=False)
         except urllib3.exceptions.HTTPError as e:
             raise ApiError(0, "ConnectionError", str(e)) from None
         try:
             if resp.status >= 300:
                 raise _error(resp.status, resp.read())
-            if (resp.headers.get("Content-Type") or "").startswith(podproto.CONTENT_TYPE):
-                for frame in podproto.frames(resp.stream(None, decode_content=False)):
-                    yield podproto.event(frame)
-                return
             for line in iter_resp_lines(resp):
                 if line:
                     yield orjson.loads(cut_managed_fields(line) if lean else line)
@@ -215,12 +203,6 @@ def cut_managed_fields(line: str) -> str:
 
 
 def _error(status: int, payload: bytes) -> ApiError:
-    if payload.startswith(podproto.MAGIC):  # a Status in protobuf, to a request that accepted it
-        try:
-            st = podproto.status(payload)
-            return ApiError(status, st["reason"], st["message"])
-        except podproto.FrameError:
-            return ApiError(status, "", "")
     try:
         doc = orjson.loads(payload)
         return ApiError(status, doc.get("reason", ""), doc.get("message", ""))

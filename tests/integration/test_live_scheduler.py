@@ -235,14 +235,13 @@ def test_watch_expiry_is_survived(cluster: Cluster, devcluster):
     real_watch = client.watch
     expired = {"done": False}
 
-    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None, lean: bool = False,
-              pods_protobuf: bool = False):
+    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None, lean: bool = False):
         if rv and not expired["done"]:  # the first watch resumed from our resourceVersion
             expired["done"] = True
             yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
                                                "message": f"too old resource version: {rv}"}}
             return
-        yield from real_watch(path, rv, timeout_seconds, query, lean, pods_protobuf)
+        yield from real_watch(path, rv, timeout_seconds, query, lean)
 
     client.watch = watch  # type: ignore[method-assign]
     out: queue.Queue = queue.Queue()
@@ -337,13 +336,12 @@ def test_the_informer_lists_by_a_watch_list_stream_or_page_by_page(cluster: Clus
         cluster.pod(f"before-{i}", gpus=0)
     real_watch, streams = client.watch, []
 
-    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None, lean: bool = False,
-              pods_protobuf: bool = False):
+    def watch(path: str, rv: str, timeout_seconds: int = 300, query=None, lean: bool = False):
         streams.append(dict(query or {}))
         if server == "refuses streams" and (query or {}).get("sendInitialEvents"):
             raise ApiError(422, "Invalid", "sendInitialEvents is forbidden for watch unless the WatchList "
                                            "feature gate is enabled")
-        yield from real_watch(path, rv, timeout_seconds, query, lean, pods_protobuf)
+        yield from real_watch(path, rv, timeout_seconds, query, lean)
 
     client.watch = watch  # type: ignore[method-assign]
     out: queue.Queue = queue.Queue()
