@@ -13,7 +13,8 @@ released and the gang is re-planned, that member kept to the nodes kube-schedule
 is always kept to its offered nodes.
 
 Bind is a barrier, as coscheduling's Permit: a member's bind call waits until minMember members are bound or
-at bind, then every waiting member's Binding is posted (with its GPUs as `gangsched.io/gpu-devices`). A member
+at bind, then every waiting member's Binding is posted (with its GPUs as `gangsched.io/gpu-devices`; the call
+that opened the barrier posts and answers first, then releases the waiting ones). A member
 that kube-scheduler never brings to bind (it rejects it on every node) keeps the barrier shut: after
 `bind_wait` the waiting binds fail and the whole reservation is dropped, so nothing of the gang is bound and
 nothing stays held. A reservation that is never bound at all expires after `ttl`. A binding refused after the
