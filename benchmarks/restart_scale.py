@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ from gangsched.live.translate import POD_GROUP_LABEL  # noqa: E402
 from gangsched.sim.report import cpus, load_average, table  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "restart_scale.json"
+SPY_SECONDS = 40  # a cold start here binds its last pod within ~30 s
 
 
 def namespace(client: KubeClient, name: str) -> str:
@@ -142,14 +144,25 @@ def wait_bound(w: BindWatcher, timeout: float) -> None:
 
 
 def cold_start(client: KubeClient, kubeconfig: Path, logs: Path, ns: str, pending: int,
-               timeout: float, src: Path, tag: str) -> dict[str, Any]:
+               timeout: float, src: Path, tag: str, spy: Path | None = None) -> dict[str, Any]:
+    """`spy`: sample the process with py-spy (every thread, only while it holds the GIL) for its first
+    SPY_SECONDS, as collapsed stacks into that file."""
     watcher = BindWatcher(client, ns, pending).start()  # listed before the scheduler starts
     t0_mono = time.monotonic()
     r = Replica(kubeconfig, logs / f"cold-{tag}.log", src=src)
+    sampler = None
+    if spy is not None:
+        spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")  # in the venv's bin
+        sampler = subprocess.Popen([spy_bin, "record", "--pid", str(r.proc.pid),
+                                    "--duration", str(SPY_SECONDS), "--rate", "100", "--format", "raw", "--gil",
+                                    "--threads", "--nonblocking", "--output", str(spy)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         synced = r.wait_logged("informers synced", timeout) - r.started
         wait_bound(watcher, timeout)
         rss = r.peak_rss_mb()
+        if sampler is not None:
+            sampler.wait(SPY_SECONDS + 30)
     finally:
         watcher.stop.set()
         r.stop()
@@ -201,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="cold starts per checkout (median kept)")
     p.add_argument("--baseline", type=Path, help="another gangsched checkout, cold-started in the same rounds")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--py-spy", type=Path, metavar="STACKS", help="one more cold start, sampled by py-spy "
+                   "(pip install py-spy), its collapsed stacks written here")
     args = p.parse_args(argv)
-    sets = args.rounds * (2 if args.baseline else 1) + 1  # pending sets: one per cold start, one for the handover
+    # pending sets: one per cold start (and the sampled one), one for the handover
+    sets = args.rounds * (2 if args.baseline else 1) + 1 + bool(args.py_spy)
     if args.bound > args.nodes * 20 or args.pending * sets > args.nodes * (8 - GPU_PODS_PER_NODE):
         print(f"restart_scale: error: at most 20 --bound pods per node, and {8 - GPU_PODS_PER_NODE} free GPUs per "
               f"node for the {sets} sets of --pending pods", file=sys.stderr)
@@ -237,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             floors.append(round(stream_floor(client), 2))
             print(f"the API server streams every pod in {floors[-1]} s", flush=True)
             time.sleep(5)
+        if args.py_spy:  # one more cold start of this checkout, sampled: not in the figures
+            ns = namespace(client, f"pending-{run}-spy")
+            create(client, ns, pending_pods("p", args.pending))
+            spied = cold_start(client, cluster.kubeconfig, logs, ns, args.pending, args.timeout, ROOT, "spy",
+                               spy=args.py_spy)
+            print(f"cold start under py-spy (stacks in {args.py_spy}): {spied}", flush=True)
         colds = {name: _median(rows) for name, rows in tries.items()}
         hand = handover(client, cluster.kubeconfig, logs, namespace(client, f"handover-{run}"), args.pending,
                         args.timeout, "default")
