@@ -178,27 +178,33 @@ def test_bind_waits_for_the_gang_then_posts_every_member_with_its_devices():
         assert len(devices) == 2 and b["target"]["name"] == nodes[f"default/{b['metadata']['name']}"]
 
 
-def test_the_bind_that_opens_the_barrier_is_answered_before_its_waiting_mates_post():
-    # kube-scheduler's binding goroutine of the opener should not wait for its seven mates' answers: its own
-    # Binding goes first, its mates are released once its reply is out (`after_reply`).
-    book, posted, _ = make()
+def _first_at_barrier(bind_wait: float = 2.0):
+    """A gang of 2 reserved, its first member's bind waiting at the barrier in a thread: (book, posted, bind of
+    the second member, the thread, the first's result)."""
+    book, posted, _ = make(bind_wait=bind_wait)
     add(book, podgroup("g", 2))
-    pods = members(book, "g", 2, gpus=2)
+    pods = members(book, "g", 2)
     for p in pods:
         book.filter(info(book, p), NAMES)
     nodes = dict(book.cache.assumed)
+    args = [BindArgs(f"g-{i}", "default", pods[i]["metadata"]["uid"], nodes[f"default/g-{i}"]) for i in (0, 1)]
     results: dict[str, str | None] = {}
-    first = threading.Thread(target=lambda: results.update(
-        {"g-0": book.bind(BindArgs("g-0", "default", pods[0]["metadata"]["uid"], nodes["default/g-0"]))}))
+    first = threading.Thread(target=lambda: results.update({"g-0": book.bind(args[0])}))
     first.start()
     res = book.reservations[next(iter(book.reservations))]
     deadline = time.monotonic() + 5
     while "default/g-0" not in res.waiting:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    return book, posted, args[1], first, results
+
+
+def test_the_bind_that_opens_the_barrier_is_answered_before_its_waiting_mates_post():
+    # kube-scheduler's binding goroutine of the opener should not wait for its seven mates' answers: its own
+    # Binding goes first, its mates are released once its reply is out (`after_reply`).
+    book, posted, second, first, results = _first_at_barrier()
     later: list = []
-    assert book.bind(BindArgs("g-1", "default", pods[1]["metadata"]["uid"], nodes["default/g-1"]),
-                     after_reply=later.append) is None
+    assert book.bind(second, after_reply=later.append) is None
     time.sleep(0.2)  # the waiting mate must not post while the opener's reply is still going out
     assert [b["metadata"]["name"] for b in posted] == ["g-1"] and first.is_alive()
     assert len(later) == 1
@@ -211,22 +217,9 @@ def test_the_bind_that_opens_the_barrier_is_answered_before_its_waiting_mates_po
 def test_an_opener_held_up_posting_does_not_time_its_mates_out():
     # the mates wait for the opener's release however long its Binding takes: the barrier is open, the gang
     # must not be dropped half-bound
-    book, posted, _ = make(bind_wait=0.2)
-    add(book, podgroup("g", 2))
-    pods = members(book, "g", 2)
-    for p in pods:
-        book.filter(info(book, p), NAMES)
-    nodes = dict(book.cache.assumed)
-    results: dict[str, str | None] = {}
-    first = threading.Thread(target=lambda: results.update(
-        {"g-0": book.bind(BindArgs("g-0", "default", pods[0]["metadata"]["uid"], nodes["default/g-0"]))}))
-    first.start()
-    res = book.reservations[next(iter(book.reservations))]
-    while "default/g-0" not in res.waiting:
-        time.sleep(0.01)
+    book, posted, second, first, results = _first_at_barrier(bind_wait=0.2)
     later: list = []
-    assert book.bind(BindArgs("g-1", "default", pods[1]["metadata"]["uid"], nodes["default/g-1"]),
-                     after_reply=later.append) is None
+    assert book.bind(second, after_reply=later.append) is None
     time.sleep(0.5)  # past bind_wait
     later[0]()
     first.join(5)
