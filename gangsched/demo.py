@@ -103,8 +103,10 @@ def create(client: KubeClient, obj: dict) -> None:
 
 
 def run_jobs(client: KubeClient, namespace: str, jobs: list[list[dict]], scheduler: str, timeout: float,
-             on_change: Callable[[str, PodTimes, str], None] | None = None, poll: float = 0.25) -> Timeline:
-    """Create the jobs' objects interleaved, then follow their pods until all are finished or `timeout`."""
+             on_change: Callable[[str, PodTimes, str], None] | None = None, poll: float = 0.25,
+             settle: float = 10.0) -> Timeline:
+    """Create the jobs' objects interleaved, then follow their pods until all are finished or `timeout`, or the
+    bound ones are and nothing moved for `settle` seconds (see `_finished`)."""
     start = time.monotonic()
     timeline = Timeline(scheduler, start)
     for obj in interleave(jobs):
@@ -121,7 +123,7 @@ def run_jobs(client: KubeClient, namespace: str, jobs: list[list[dict]], schedul
             times = timeline.pods.get(pod["metadata"]["name"])
             if times is not None and _update(times, pod, now, on_change):
                 last_change = now
-        if _finished(timeline, now - last_change):
+        if _finished(timeline, now - last_change, settle):
             break
         time.sleep(poll)
     timeline.end = time.monotonic()

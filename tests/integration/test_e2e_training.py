@@ -114,7 +114,9 @@ def test_head_to_head_native_gangs_of_kube_scheduler(client, procnodes, namespac
             for j in ("job-a", "job-b")]
     sched = devcluster.start_kube_scheduler("native-gangs", gangs=True)
     try:
-        timeline = run_jobs(client, namespace, jobs, "kube-scheduler native gangs", timeout=420)
+        # kube-scheduler retries a rejected pod after its backoff, up to podMaxBackoffSeconds (10 s) once it has
+        # failed a few times, as the second gang has while the first ran: give it longer than that to start
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler native gangs", timeout=420, settle=40.0)
     finally:
         sched.stop()
     show(timeline, procnodes, namespace)
