@@ -72,13 +72,14 @@ def show(timeline: Timeline, procnodes: ProcessNodes, ns: str) -> None:
 
 def assert_one_after_the_other(timeline: Timeline) -> None:
     """Both jobs succeeded, as whole gangs one after the other: the second job got no GPU while the first ran; it
-    was bound once the first job's workers finished (as seen by polling every 0.25 s, hence the tolerance)."""
+    was bound once the first job's workers finished (as seen by polling every 0.25 s, hence the tolerance). The
+    workers finish over a second or two: once some have, their GPUs may already fit the second job."""
     assert {j: timeline.outcome(j) for j in timeline.jobs()} == {"job-a": "succeeded", "job-b": "succeeded"}
     first_bound = {j: min(p.bound or 0.0 for p in pods) for j, pods in timeline.jobs().items()}
     first, second = sorted(first_bound, key=first_bound.__getitem__)
-    done = max(p.finished or 0.0 for p in timeline.jobs()[first])
+    freeing = min(p.finished or 0.0 for p in timeline.jobs()[first])
     assert max(p.running or 0.0 for p in timeline.jobs()[first]) < first_bound[second]
-    assert first_bound[second] >= done - 1.0, (first_bound, done)
+    assert first_bound[second] >= freeing - 1.0, (first_bound, freeing)
 
 
 def test_head_to_head_gangsched_runs_both_jobs_one_after_the_other(client, procnodes, namespace, gangsched):
@@ -96,7 +97,8 @@ def test_head_to_head_extender_runs_both_jobs_one_after_the_other(client, procno
                                     deadline=120)) for j in ("job-a", "job-b")]
     both = start_extender_mode(devcluster, EXTENDER_PROFILE, tmp_path)
     try:
-        timeline = run_jobs(client, namespace, jobs, "kube-scheduler + gangsched extender", timeout=420)
+        # as for the native gangs below: kube-scheduler's backoff may hold the second job up to 10 s
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler + gangsched extender", timeout=420, settle=40.0)
     finally:
         both.stop()
         print((tmp_path / f"extender-{EXTENDER_PROFILE}.log").read_text(errors="replace")[-3000:])
