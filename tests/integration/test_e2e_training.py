@@ -54,6 +54,11 @@ def gangsched(devcluster, tmp_path):
     print(proc.output()[-3000:])
 
 
+# kube-scheduler retries a rejected pod after its backoff, up to podMaxBackoffSeconds (10 s) once it has failed a
+# few times, as the second job's pods have while the first ran: give it longer than that before calling it stuck
+KUBE_SCHEDULER_SETTLE = 40.0
+
+
 def on_process_nodes(objs: list[dict]) -> list[dict]:
     for o in objs:
         if o["kind"] == "Pod":
@@ -97,8 +102,8 @@ def test_head_to_head_extender_runs_both_jobs_one_after_the_other(client, procno
                                     deadline=120)) for j in ("job-a", "job-b")]
     both = start_extender_mode(devcluster, EXTENDER_PROFILE, tmp_path)
     try:
-        # as for the native gangs below: kube-scheduler's backoff may hold the second job up to 10 s
-        timeline = run_jobs(client, namespace, jobs, "kube-scheduler + gangsched extender", timeout=420, settle=40.0)
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler + gangsched extender", timeout=420,
+                            settle=KUBE_SCHEDULER_SETTLE)
     finally:
         both.stop()
         print((tmp_path / f"extender-{EXTENDER_PROFILE}.log").read_text(errors="replace")[-3000:])
@@ -116,9 +121,8 @@ def test_head_to_head_native_gangs_of_kube_scheduler(client, procnodes, namespac
             for j in ("job-a", "job-b")]
     sched = devcluster.start_kube_scheduler("native-gangs", gangs=True)
     try:
-        # kube-scheduler retries a rejected pod after its backoff, up to podMaxBackoffSeconds (10 s) once it has
-        # failed a few times, as the second gang has while the first ran: give it longer than that to start
-        timeline = run_jobs(client, namespace, jobs, "kube-scheduler native gangs", timeout=420, settle=40.0)
+        timeline = run_jobs(client, namespace, jobs, "kube-scheduler native gangs", timeout=420,
+                            settle=KUBE_SCHEDULER_SETTLE)
     finally:
         sched.stop()
     show(timeline, procnodes, namespace)
