@@ -26,6 +26,7 @@ class Recorder(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.seen: list[dict[str, Any]] = []
         self.delay = 0.0  # seconds before each reply
+        self.hang_up = ""  # "after": close the connection after the reply, unannounced; "before": instead of it
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,7 +38,10 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.server.seen.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
-                                 "headers": dict(self.headers), "body": body})
+                                 "headers": dict(self.headers), "body": body, "peer": self.client_address})
+        if self.server.hang_up == "before":
+            self.close_connection = True
+            return
         if self.server.delay:
             time.sleep(self.server.delay)
         if "watch" in parse_qs(url.query):
@@ -49,6 +53,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply)))
         self.end_headers()
         self.wfile.write(reply)
+        if self.server.hang_up == "after":
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
@@ -173,6 +179,38 @@ def test_timeout_bounds_the_whole_request(server: Recorder):
         client.request("PUT", "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l", {}, timeout=0.3,
                        fenced=False)
     assert info.value.status == 0 and time.monotonic() - start < 1.5
+
+
+def test_one_keep_alive_connection_serves_requests_one_after_another_threads_included(server: Recorder):
+    client = make_client(server)
+    for _ in range(3):
+        client.request("GET", "/api/v1/pods")
+    for _ in range(3):  # a thread per request, as the extender's handlers are per kube-scheduler connection
+        t = threading.Thread(target=client.request, args=("GET", "/api/v1/pods"))
+        t.start()
+        t.join()
+    assert len(server.seen) == 6 and len({r["peer"] for r in server.seen}) == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_not_failed(server: Recorder):
+    client = make_client(server)
+    server.hang_up = "after"
+    client.request("GET", "/api/v1/pods")
+    time.sleep(0.2)  # the server's close reaches us
+    client.request("POST", "/api/v1/namespaces/ns/pods/p/binding", {"target": {"name": "n"}})
+    assert [r["method"] for r in server.seen] == ["GET", "POST"]  # the POST sent once, on a new connection
+    assert len({r["peer"] for r in server.seen}) == 2
+
+
+def test_a_connection_lost_mid_request_is_an_error_and_not_resent(server: Recorder):
+    client = make_client(server)
+    server.hang_up = "before"
+    with pytest.raises(ApiError) as info:
+        client.request("POST", "/api/v1/namespaces/ns/pods/p/binding", {"target": {"name": "n"}})
+    assert info.value.status == 0 and info.value.retriable
+    assert len(server.seen) == 1  # a POST the server may have applied is not sent again
+    server.hang_up = ""
+    assert client.request("GET", "/api/v1/pods") == {}  # and the next request gets a new connection
 
 
 def test_managed_fields_are_cut_from_a_pod_s_json_and_the_rest_kept() -> None:

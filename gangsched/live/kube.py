@@ -7,19 +7,22 @@ then talk JSON dicts over that pool directly. Its generated models cost about a 
 
 from __future__ import annotations
 
+import http.client
 import platform
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3.util.wait import wait_for_read
 
 NOT_LEADER = "NotLeader"  # ApiError.reason of a write the fence stopped; never sent, so never retried
 WRITE_METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # the ones that take ?fieldManager=
@@ -72,6 +75,79 @@ class RateLimiter:
             time.sleep(wait)
 
 
+class Connections:
+    """Keep-alive connections straight over the standard library's http.client, idle ones kept for the next
+    request of any thread (the binder's workers, the extender's per-connection handlers): a request costs about
+    0.7 of the CPU it takes through urllib3's pool manager (benchmarks/request_cpu.py), and the binder posts one
+    per pod. An idle connection the server closed is seen before it is reused (readable with nothing asked: EOF)
+    and replaced; one that fails mid-request is dropped and the error raised, never re-sent (a POST may have been
+    applied). `for_config` gives None where the configuration needs what only urllib3 does here (a proxy, a TLS
+    server name other than the host)."""
+
+    def __init__(self, scheme: str, host: str, port: int | None, context: ssl.SSLContext | None,
+                 keep: int = 32):
+        self.scheme, self.host, self.port, self.context = scheme, host, port, context
+        self.keep = keep  # idle connections kept at most
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_config(cls, cfg: k8s_client.Configuration, keep: int = 32) -> Connections | None:
+        url = urlsplit(cfg.host)
+        if cfg.proxy or getattr(cfg, "tls_server_name", None) or url.scheme not in ("http", "https") or \
+                url.path.strip("/"):
+            return None
+        context = None
+        if url.scheme == "https":
+            context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+            if not cfg.verify_ssl:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            if cfg.cert_file:
+                context.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return cls(url.scheme, url.hostname or "", url.port, context, keep)
+
+    def _take(self) -> http.client.HTTPConnection | None:
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or (conn.sock is not None and not wait_for_read(conn.sock, timeout=0.0)):
+                return conn
+            conn.close()  # closed by the server while idle
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def send(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
+             timeout: float) -> tuple[int, bytes]:
+        """(status, body) of one request within `timeout` seconds (its connect within 5 s at most)."""
+        deadline = time.monotonic() + timeout
+        conn = self._take()
+        try:
+            if conn is None:
+                conn = (http.client.HTTPSConnection(self.host, self.port, timeout=min(5.0, timeout),
+                                                    context=self.context) if self.scheme == "https"
+                        else http.client.HTTPConnection(self.host, self.port, timeout=min(5.0, timeout)))
+                conn.connect()
+            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            conn.request(method, target, body=body, headers=headers)
+            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))  # the reply's reads: what is left
+            resp = conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            if conn is not None:
+                conn.close()
+            raise ApiError(0, "ConnectionError", f"{type(e).__name__}: {e}") from None
+        if resp.will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+        return resp.status, payload
+
+
 class KubeClient:
     """`fence`, when set, is asked right before every write (any method but GET) is sent; False stops the write
     with ApiError(0, NOT_LEADER) — e.g. `LeaderElector.holds`, so a replica that lost its lease writes nothing.
@@ -85,6 +161,7 @@ class KubeClient:
         self.api_client = k8s_client.ApiClient(configuration)
         self.pool: urllib3.PoolManager = self.api_client.rest_client.pool_manager
         self.host = configuration.host.rstrip("/")
+        self.connections = Connections.for_config(configuration, pool_size)  # requests; watches use urllib3
         self.limiter = RateLimiter(qps, burst)
         self.requests = 0  # total API requests sent, for benchmarks
         self.fence = fence
@@ -136,15 +213,19 @@ class KubeClient:
         if fenced and method != "GET" and self.fence is not None and not self.fence():
             raise ApiError(0, NOT_LEADER, f"not sent: {method} {path} (this replica does not hold the lease)")
         self.requests += 1
-        try:
-            resp = self.pool.request(method, self.url(path, query), body=data, headers=headers,
-                                     timeout=urllib3.Timeout(total=timeout, connect=min(5.0, timeout), read=timeout),
-                                     retries=False)
-        except urllib3.exceptions.HTTPError as e:
-            raise ApiError(0, "ConnectionError", str(e)) from None
-        payload = resp.data
-        if resp.status >= 300:
-            raise _error(resp.status, payload)
+        if self.connections is not None:
+            target = f"{path}?{urlencode(query)}" if query else path
+            status, payload = self.connections.send(method, target, data, headers, timeout)
+        else:
+            try:
+                resp = self.pool.request(method, self.url(path, query), body=data, headers=headers,
+                                         timeout=urllib3.Timeout(total=timeout, connect=min(5.0, timeout),
+                                                                 read=timeout), retries=False)
+            except urllib3.exceptions.HTTPError as e:
+                raise ApiError(0, "ConnectionError", str(e)) from None
+            status, payload = resp.status, resp.data
+        if status >= 300:
+            raise _error(status, payload)
         return orjson.loads(payload) if payload else {}
 
     def list_all(self, path: str, query: dict[str, Any] | None = None, page: int = 500) -> tuple[list[dict], str]:
