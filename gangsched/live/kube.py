@@ -78,7 +78,7 @@ class RateLimiter:
 class Connections:
     """Keep-alive connections straight over the standard library's http.client, idle ones kept for the next
     request of any thread (the binder's workers, the extender's per-connection handlers): a request costs about
-    0.7 of the CPU it takes through urllib3's pool manager (benchmarks/request_cpu.py), and the binder posts one
+    0.6 of the CPU it takes through urllib3's pool manager (benchmarks/request_cpu.py), and the binder posts one
     per pod. An idle connection the server closed is seen before it is reused (readable with nothing asked: EOF)
     and replaced; one that fails mid-request is dropped and the error raised, never re-sent (a POST may have been
     applied). `for_config` gives None where the configuration needs what only urllib3 does here (a proxy, a TLS
