@@ -22,31 +22,16 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-import urllib3
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gangsched.devcluster import DevCluster  # noqa: E402
 from gangsched.devcluster.cluster import tmp_state_dir  # noqa: E402
 from gangsched.live.binder import BindRequest, binding_body  # noqa: E402
-from gangsched.live.kube import KubeClient, _error  # noqa: E402
+from gangsched.live.kube import KubeClient  # noqa: E402
 from gangsched.sim.report import load_average, table  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "request_cpu.json"
-
-
-def via_urllib3(client: KubeClient) -> Callable[[str, dict], None]:
-    """The request as KubeClient sent it before (its pool manager, a Timeout per call)."""
-    def send(path: str, body: dict) -> None:
-        resp = client.pool.request("POST", client.url(path, {"fieldManager": client.field_manager}),
-                                   body=orjson.dumps(body), headers=client._headers("application/json"),
-                                   timeout=urllib3.Timeout(total=30.0, connect=5.0, read=30.0), retries=False)
-        if resp.status >= 300:
-            raise _error(resp.status, resp.data)
-        orjson.loads(resp.data)
-    return send
 
 
 def via_client(client: KubeClient) -> Callable[[str, dict], None]:
@@ -81,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("this cluster's configuration needs urllib3 (a proxy or a TLS server name)")
         ns = f"request-cpu-{uuid.uuid4().hex[:6]}"
         client.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
-        paths = {"KubeClient.request (http.client)": via_client(client), "urllib3 pool manager": via_urllib3(client)}
+        legacy = KubeClient.load(args.kubeconfig or str(cluster.kubeconfig), qps=0)  # type: ignore[union-attr]
+        legacy.connections = None  # the same client on its urllib3 path, as every request went before
+        paths = {"KubeClient.request (http.client)": via_client(client), "urllib3 pool manager": via_client(legacy)}
         load_before = load_average()
         tries: dict[str, list[dict]] = {name: [] for name in paths}
         for k in range(args.rounds):
