@@ -1,5 +1,5 @@
-"""What one API request costs the scheduler's process in CPU: `KubeClient.request` (its own keep-alive connection
-per thread over http.client) against the same request through urllib3's pool manager, as it was sent before,
+"""What one API request costs the scheduler's process in CPU: `KubeClient.request` (its own kept-alive
+http.client connections) against the same request through urllib3's pool manager, as it was sent before,
 on a real kube-apiserver.
 
     .venv/bin/python benchmarks/request_cpu.py                      # 500 bindings per try, 3 rounds
